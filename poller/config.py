@@ -1,0 +1,251 @@
+"""Settings: one TOML file, any top-level key overridable by ``POLLER_<KEY>``, validated once.
+
+``load_settings`` either returns a complete, valid ``Settings`` or raises ``ConfigError`` whose text
+is one line naming the offending key, so that ``run`` never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from poller.errors import ConfigError
+from poller.models import CLUSTER_NAME
+
+#: ONTAP deletes a finished job about 300 s after it ends; a slower re-poll could miss the end.
+MAX_POLL_INTERVAL_S = 240.0
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_verify(value: Any) -> bool | str:
+    """``verify`` is a bool or a CA bundle path; env vars arrive as strings like ``"false"``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        if not Path(value).is_file():
+            raise ValueError(f"CA bundle {value!r} is not a readable file")
+        return value
+    raise ValueError("must be true, false or the path of a CA bundle")
+
+
+class ClusterSettings(BaseModel):
+    """One ONTAP cluster the worker may contact. No other host is ever called."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    verify: bool | str = True
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=256)] = 6
+    batch: bool = True
+    request_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http://)")
+        return value.rstrip("/")
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify(cls, value: Any) -> bool | str:
+        return _parse_verify(value)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password and password_file")
+        return self
+
+    def secret(self) -> str:
+        """The password, read from ``password_file`` when that is how it was given."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_file is not None  # guaranteed by _one_password
+        # Docker and Kubernetes secrets end with a newline that is not part of the password.
+        return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+class Settings(BaseSettings):
+    """Everything the worker and the CLI read from configuration (INTERFACE §2)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLLER_", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    watch_queue: str = "ontap.jobs.watch"
+    dead_letter_queue: str = "ontap.jobs.watch.dead"
+    events_exchange: str = "ontap.jobs"
+    poll_interval_min: Annotated[float, Field(gt=0)] = 1.0
+    poll_interval_max: Annotated[float, Field(gt=0, le=MAX_POLL_INTERVAL_S)] = 30.0
+    watch_timeout: Annotated[float, Field(gt=0)] = 86400.0
+    checkpoint_interval: Annotated[float, Field(gt=0)] = 600.0
+    # The AMQP prefetch count is a 16-bit field, hence the upper bound.
+    max_watches: Annotated[int, Field(ge=1, le=65535)] = 10000
+    publish_progress: bool = False
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    log_format: Literal["auto", "json", "console"] = "auto"
+    clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
+
+    # The single-cluster shortcut for compose: POLLER_ONTAP_URL and friends.
+    ontap_url: str | None = None
+    ontap_username: str | None = None
+    ontap_password: SecretStr | None = None
+    ontap_password_file: Path | None = None
+    ontap_verify: bool | str = True
+    ontap_name: str = "default"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return env_settings, init_settings
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("ontap_verify", mode="before")
+    @classmethod
+    def _ontap_verify(cls, value: Any) -> bool | str:
+        return _parse_verify(value)
+
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_names(cls, value: dict[str, ClusterSettings]) -> dict[str, ClusterSettings]:
+        for name in value:
+            if not CLUSTER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a cluster name ([a-z0-9][a-z0-9_-]{{0,62}})")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.poll_interval_min > self.poll_interval_max:
+            raise ValueError("poll_interval_min must not exceed poll_interval_max")
+        if self.ontap_url is not None:
+            self._add_env_cluster()
+        return self
+
+    def _add_env_cluster(self) -> None:
+        if not CLUSTER_NAME.fullmatch(self.ontap_name):
+            raise ValueError(f"ontap_name: {self.ontap_name!r} is not a cluster name")
+        if self.ontap_name in self.clusters:
+            raise ValueError(f"ontap_name: cluster {self.ontap_name!r} is also in [clusters]")
+        if self.ontap_username is None:
+            raise ValueError("ontap_username: required with ontap_url")
+        cluster = ClusterSettings(
+            url=self.ontap_url or "",
+            username=self.ontap_username,
+            password=self.ontap_password,
+            password_file=self.ontap_password_file,
+            verify=self.ontap_verify,
+        )
+        # Frozen model: the merged view is built once, here, during validation.
+        object.__setattr__(self, "clusters", {**self.clusters, self.ontap_name: cluster})
+
+    def cluster_names(self) -> frozenset[str]:
+        return frozenset(self.clusters)
+
+    def require_clusters(self) -> None:
+        """``run`` refuses to start without a cluster: it would consume and dead-letter everything."""
+        if not self.clusters:
+            raise ConfigError(
+                "clusters: no cluster configured; add a [clusters.NAME] table or set POLLER_ONTAP_URL"
+            )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (or ``$POLLER_CONFIG``), apply ``POLLER_*`` overrides, validate everything."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("POLLER_CONFIG") or None
+    data = _read_toml(Path(path)) if path else {}
+    try:
+        if environ is None:
+            settings = Settings(**data)
+        else:
+            settings = _with_environ(environ, data)
+        for name, cluster in settings.clusters.items():
+            _check_password_file(name, cluster)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    return settings
+
+
+def _with_environ(environ: Mapping[str, str], data: dict[str, Any]) -> Settings:
+    # pydantic-settings reads os.environ; tests pass their own mapping, swapped in for the call.
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        return Settings(**data)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config: file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+
+
+def _check_password_file(name: str, cluster: ClusterSettings) -> None:
+    if cluster.password_file is None:
+        return
+    try:
+        secret = cluster.secret()
+    except OSError as exc:
+        raise ConfigError(
+            f"clusters.{name}.password_file: cannot read {str(cluster.password_file)!r}: "
+            f"{exc.strerror}"
+        ) from None
+    if not secret:
+        raise ConfigError(f"clusters.{name}.password_file: {str(cluster.password_file)!r} is empty")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "config"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{key}: {message}")
+    return "; ".join(parts)
