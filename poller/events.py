@@ -1,0 +1,138 @@
+"""Pure: a change of a job, or the end of a watch, as a CloudEvent ready for AMQP.
+
+Events use the CloudEvents 1.0 RabbitMQ binding in binary content mode (``ce-*`` headers, the job
+object as the body), produced by the ``cloudevents`` package so that any subscriber using it reads
+them back with ``from_binary``. Ids are name-based UUIDs of what the event describes, so the same
+change published twice, by any worker, carries the same ``ce-id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final
+
+from cloudevents.core.bindings.rabbitmq import to_binary
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from poller.tracking import Change, Outcome
+
+APP_ID: Final = "ontap-job-poller"
+CONTENT_TYPE: Final = "application/json"
+_FORMAT: Final = JSONFormat()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Everything the broker adapter needs to publish one event; no AMQP types."""
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, str]
+    message_id: str
+    type: str
+    timestamp: datetime
+    correlation_id: str | None = None
+
+    def for_watch(self, correlation_id: str | None) -> Envelope:
+        """The copy sent to a watch's ``reply_to``: same event, that watch's ``correlation_id``."""
+        return replace(self, correlation_id=correlation_id)
+
+
+def change_id(cluster: str, job_uuid: str, n: int, state: str) -> str:
+    """``ce-id`` of the ``n``-th state change of a job, exactly as the contract defines it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job_uuid}/{n}/{state}"))
+
+
+def progress_id(cluster: str, job_uuid: str, n: int, state: str, message: str | None) -> str:
+    name = f"ontap-job-poller:{cluster}/{job_uuid}/{n}/{state}/progress/{message or ''}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def watch_id(cluster: str, job_uuid: str, outcome: Outcome, watch_key: str) -> str:
+    """Id of a watch's end: per watch, keyed by its correlation_id (else its message_id)."""
+    name = f"ontap-job-poller:{cluster}/{job_uuid}/watch/{outcome.value}/{watch_key}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def job_event(cluster: str, job_uuid: str, change: Change, seen_at: datetime) -> Envelope:
+    """``job.<cluster>.<state>`` or ``progress.<cluster>.<state>`` for one change."""
+    if change.kind == "state":
+        event_id = change_id(cluster, job_uuid, change.index, change.state)
+        routing_key, ce_type = f"job.{cluster}.{change.state}", f"ontap.job.{change.state}"
+    else:
+        event_id = progress_id(cluster, job_uuid, change.index, change.state, change.job.message)
+        routing_key, ce_type = f"progress.{cluster}.{change.state}", "ontap.job.progress"
+    return _envelope(
+        routing_key=routing_key,
+        event_id=event_id,
+        ce_type=ce_type,
+        cluster=cluster,
+        job_uuid=job_uuid,
+        previous_state=change.previous_state,
+        data=change.job.raw,
+        seen_at=seen_at,
+    )
+
+
+def watch_event(
+    cluster: str,
+    job_uuid: str,
+    outcome: Outcome,
+    *,
+    body: dict[str, Any],
+    previous_state: str | None,
+    watch_key: str,
+    correlation_id: str | None,
+    seen_at: datetime,
+) -> Envelope:
+    """``watch.<cluster>.<outcome>``: the watch ended without ONTAP reporting an end state."""
+    return _envelope(
+        routing_key=f"watch.{cluster}.{outcome.value}",
+        event_id=watch_id(cluster, job_uuid, outcome, watch_key),
+        ce_type=f"ontap.watch.{outcome.value}",
+        cluster=cluster,
+        job_uuid=job_uuid,
+        previous_state=previous_state,
+        data=body,
+        seen_at=seen_at,
+        correlation_id=correlation_id,
+    )
+
+
+def _envelope(
+    *,
+    routing_key: str,
+    event_id: str,
+    ce_type: str,
+    cluster: str,
+    job_uuid: str,
+    previous_state: str | None,
+    data: dict[str, Any],
+    seen_at: datetime,
+    correlation_id: str | None = None,
+) -> Envelope:
+    attributes: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"/clusters/{cluster}",
+        "type": ce_type,
+        "subject": job_uuid,
+        "time": seen_at,
+        "datacontenttype": CONTENT_TYPE,
+        "cluster": cluster,
+    }
+    if previous_state is not None:
+        attributes["previousstate"] = previous_state
+    message = to_binary(CloudEvent(attributes=attributes, data=data), _FORMAT)
+    return Envelope(
+        routing_key=routing_key,
+        body=message.body,
+        headers=message.headers,
+        message_id=event_id,
+        type=ce_type,
+        timestamp=seen_at,
+        correlation_id=correlation_id,
+    )
