@@ -1,0 +1,385 @@
+"""The only module that speaks AMQP (aio-pika).
+
+It declares the topology, consumes watch requests, and publishes with publisher confirms: events to
+the topic exchange, copies to ``reply_to``, checkpoints back to the watch queue, and rejected requests
+to the dead-letter queue. aio-pika's errors become ``BrokerError`` here. A ``Delivery`` knows whether
+the channel it came on is still open: a delivery from a dead channel is never acknowledged, since the
+broker has already given it back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
+
+from poller.errors import BrokerError, NotRouted
+from poller.events import APP_ID, Envelope
+
+ERROR_HEADER: Final = "x-poller-error"
+PUBLISH_TIMEOUT_S: Final = 30.0
+#: Redeliveries before the broker itself dead-letters a request. On RabbitMQ 3.10 a channel closed
+#: with the message unacknowledged counts too, so this leaves room for many crashes and outages;
+#: every checkpoint starts a fresh message with a fresh count.
+DELIVERY_LIMIT: Final = 50
+_BROKER_FAILURES: Final = (AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    watch_queue: str = "ontap.jobs.watch"
+    dead_letter_queue: str = "ontap.jobs.watch.dead"
+    events_exchange: str = "ontap.jobs"
+
+
+class Delivery:
+    """One received watch request, with what is needed to settle or re-publish it."""
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self.body: bytes = message.body
+        self.headers: dict[str, Any] = dict(message.headers or {})
+        self.correlation_id: str | None = message.correlation_id
+        self.reply_to: str | None = message.reply_to
+        self.message_id: str | None = message.message_id
+        self.content_type: str | None = message.content_type
+        self.content_encoding: str | None = message.content_encoding
+        self.redelivered: bool = bool(message.redelivered)
+
+    @property
+    def stale(self) -> bool:
+        """The channel it arrived on is gone; the broker will (or did) deliver it again."""
+        try:
+            return self._message.channel.is_closed
+        except ChannelInvalidStateError:
+            return True
+
+    async def ack(self) -> None:
+        if self.stale:
+            raise BrokerError("channel closed; the broker redelivers this request")
+        try:
+            await self._message.ack()
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"ack failed: {exc!r}") from exc
+
+    def copy(self, extra_headers: dict[str, Any]) -> aio_pika.Message:
+        """Same body and properties, plus headers: for checkpoints and dead-lettering."""
+        m = self._message
+        return aio_pika.Message(
+            body=m.body,
+            headers={**self.headers, **extra_headers},
+            content_type=m.content_type,
+            content_encoding=m.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=m.priority,
+            correlation_id=m.correlation_id,
+            reply_to=m.reply_to,
+            message_id=m.message_id,
+            timestamp=m.timestamp,
+            type=m.type,
+            app_id=m.app_id,
+            # user_id is left out: the broker refuses one that is not the publishing user.
+        )
+
+
+class Broker:
+    """Topology, consuming and confirmed publishing on one robust connection."""
+
+    def __init__(self, connection: AbstractRobustConnection, topology: Topology) -> None:
+        self.connection = connection
+        self.topology = topology
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+
+    @classmethod
+    async def connect(cls, url: str, topology: Topology, *, name: str = APP_ID) -> Broker:
+        try:
+            connection = await aio_pika.connect_robust(
+                url, client_properties={"connection_name": name}
+            )
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"cannot connect to RabbitMQ: {exc}") from exc
+        return cls(connection, topology)
+
+    async def declare(self, prefetch: int) -> None:
+        """Declare the watch queue, the dead-letter queue and the events exchange (idempotent)."""
+        t = self.topology
+        try:
+            self._channel = await self.connection.channel(publisher_confirms=True)
+            await self._channel.set_qos(prefetch_count=prefetch)
+            await self._channel.declare_queue(
+                t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            self._queue = await self._channel.declare_queue(
+                t.watch_queue, durable=True, arguments=watch_queue_arguments(t)
+            )
+            self._exchange = await self._channel.declare_exchange(
+                t.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"cannot declare the topology: {exc}") from exc
+
+    @property
+    def consuming(self) -> bool:
+        return (
+            self._consumer_tag is not None
+            and not self.connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def consume(self, handler: Callable[[Delivery], Awaitable[None]]) -> None:
+        assert self._queue is not None, "declare() first"
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(Delivery(message))
+
+        self._consumer_tag = await self._queue.consume(on_message)
+
+    async def stop_consuming(self) -> None:
+        if self._queue is None or self._consumer_tag is None:
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        try:
+            await self._queue.cancel(tag)
+        except _BROKER_FAILURES as exc:
+            log.warning("broker.cancel_failed", error=repr(exc))
+
+    async def publish_event(self, envelope: Envelope) -> None:
+        """To the events exchange; returns once the broker confirmed it."""
+        assert self._exchange is not None, "declare() first"
+        await self._publish(
+            self._exchange, _message(envelope), envelope.routing_key, mandatory=False
+        )
+
+    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
+        """A copy for one watch's ``reply_to``; a vanished reply queue is not an error."""
+        await self._publish(self._default(), _message(envelope), reply_to, mandatory=False)
+
+    async def requeue(self, delivery: Delivery, headers: dict[str, Any]) -> None:
+        """Put a copy of ``delivery`` with new headers back on the watch queue, confirmed."""
+        message = delivery.copy(headers)
+        await self._publish(self._default(), message, self.topology.watch_queue, mandatory=True)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        message = delivery.copy({ERROR_HEADER: reason})
+        await self._publish(
+            self._default(), message, self.topology.dead_letter_queue, mandatory=True
+        )
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call ``callback`` each time the robust connection has been re-established."""
+
+        async def reconnected(*_args: Any) -> None:
+            await callback()
+
+        self.connection.reconnect_callbacks.add(reconnected)
+
+    async def close(self) -> None:
+        try:
+            await self.connection.close()
+        except _BROKER_FAILURES as exc:
+            log.warning("broker.close_failed", error=repr(exc))
+
+    def _default(self) -> AbstractExchange:
+        assert self._channel is not None, "declare() first"
+        return self._channel.default_exchange
+
+    async def _publish(
+        self, exchange: AbstractExchange, message: aio_pika.Message, key: str, *, mandatory: bool
+    ) -> None:
+        try:
+            if mandatory:
+                await _publish_to(exchange, message, key)
+            else:
+                await exchange.publish(message, key, mandatory=False, timeout=PUBLISH_TIMEOUT_S)
+        except BrokerError:
+            raise
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"publish to {key!r} failed: {exc!r}") from exc
+
+
+def watch_queue_arguments(topology: Topology) -> dict[str, Any]:
+    """A quorum queue that dead-letters, at least once, what outlives ``DELIVERY_LIMIT``."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": topology.dead_letter_queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def _message(envelope: Envelope) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=envelope.body,
+        headers=dict(envelope.headers),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=envelope.message_id,
+        type=envelope.type,
+        timestamp=envelope.timestamp,
+        app_id=APP_ID,
+        correlation_id=envelope.correlation_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An event as a subscriber gets it: routing key, AMQP properties, ``ce-*`` headers, body."""
+
+    routing_key: str
+    headers: dict[str, Any]
+    body: bytes
+    content_type: str | None
+    properties: dict[str, Any]
+
+
+async def publish_request(
+    connection: AbstractRobustConnection | aio_pika.abc.AbstractConnection,
+    queue: str,
+    body: bytes,
+    *,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    message_id: str | None = None,
+) -> None:
+    """Publish a watch request, mandatory and confirmed: ``NotRouted`` when no queue exists."""
+    message = aio_pika.Message(
+        body=body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        message_id=message_id,
+        app_id=APP_ID,
+    )
+    try:
+        async with connection.channel(publisher_confirms=True) as channel:
+            await _publish_to(channel.default_exchange, message, queue)
+    except BrokerError:
+        raise
+    except _BROKER_FAILURES as exc:
+        raise BrokerError(f"publish to {queue!r} failed: {exc!r}") from exc
+
+
+async def _publish_to(exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
+    try:
+        await exchange.publish(message, key, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
+    except PublishError as exc:
+        raise NotRouted(f"no queue named {key!r}: is a worker running?") from exc
+
+
+class Subscription:
+    """A private, auto-deleted queue that receives events: bound to the exchange, or a reply queue."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
+        self._channel = channel
+        self.queue = queue
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    @classmethod
+    async def open(
+        cls,
+        connection: AbstractRobustConnection | aio_pika.abc.AbstractConnection,
+        *,
+        exchange: str | None = None,
+        bindings: tuple[str, ...] = (),
+    ) -> Subscription:
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            if exchange is not None:
+                topic = await channel.declare_exchange(
+                    exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                for key in bindings:
+                    await queue.bind(topic, key)
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"cannot subscribe: {exc!r}") from exc
+        return cls(channel, queue)
+
+    async def __aiter__(self) -> AsyncIterator[Received]:
+        try:
+            async with self.queue.iterator(no_ack=True) as messages:
+                async for message in messages:
+                    yield _received(message)
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"subscription lost: {exc!r}") from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_BROKER_FAILURES):
+            await self._channel.close()
+
+
+def _received(message: AbstractIncomingMessage) -> Received:
+    properties = {
+        "content_type": message.content_type,
+        "message_id": message.message_id,
+        "correlation_id": message.correlation_id,
+        "type": message.type,
+        "app_id": message.app_id,
+        "delivery_mode": int(message.delivery_mode) if message.delivery_mode else None,
+        "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+    }
+    headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in (message.headers or {}).items()}
+    return Received(
+        routing_key=message.routing_key or "",
+        headers=headers,
+        body=message.body,
+        content_type=message.content_type,
+        properties=properties,
+    )
+
+
+async def connect(url: str, *, name: str = APP_ID) -> AbstractRobustConnection:
+    """A robust connection, with connection errors as ``BrokerError``."""
+    try:
+        return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    except _BROKER_FAILURES as exc:
+        raise BrokerError(f"cannot connect to RabbitMQ: {exc}") from exc
+
+
+async def queue_exists(connection: aio_pika.abc.AbstractConnection, name: str) -> bool:
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        with contextlib.suppress(*_BROKER_FAILURES):
+            await channel.close()
+    return True
+
+
+async def delete_queues(connection: aio_pika.abc.AbstractConnection, names: list[str]) -> None:
+    """Delete queues (the demo's and the tests'); missing ones are fine."""
+    for name in names:
+        channel = await connection.channel()
+        try:
+            await channel.queue_delete(name)
+        except _BROKER_FAILURES as exc:
+            log.debug("broker.queue_delete_failed", queue=name, error=repr(exc))
+        finally:
+            with contextlib.suppress(*_BROKER_FAILURES):
+                await channel.close()

@@ -1,0 +1,112 @@
+"""Operations: structured logging and the ``/healthz``, ``/readyz`` and ``/metrics`` endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final
+
+import structlog
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from poller.metrics import Metrics
+
+_SECRET_KEYS: Final = re.compile(r"pass(word)?|secret|authorization|token", re.IGNORECASE)
+_URL_CREDENTIALS: Final = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
+REDACTED: Final = "[redacted]"
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Never log a password, a token or an Authorization header, nor credentials inside a URL."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEYS.search(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str) and "://" in value:
+            event_dict[key] = redact_url(value)
+    return event_dict
+
+
+def redact_url(text: str) -> str:
+    """``amqp://user:secret@host/`` -> ``amqp://[redacted]@host/``."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+
+
+def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
+    """JSON lines in containers, a readable console on a terminal (``auto`` picks by TTY)."""
+    use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries log through the standard library; keep them quiet unless something is wrong.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+def create_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> Starlette:
+    async def healthz(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_request: Request) -> Response:
+        if ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready\n", status_code=503)
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ]
+    )
+
+
+class OpsServer:
+    """uvicorn serving the ops app inside the worker's event loop."""
+
+    def __init__(self, app: Starlette, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a sidecar's probes come from outside the container
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="off", log_level="warning", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Serve in the background; return the bound port (useful with port 0)."""
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # re-raises the bind error
+                raise OSError("ops server stopped before it started")
+            await asyncio.sleep(0.01)
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,57 @@
+"""Running the worker as a process: connections, the ops server, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from poller.broker import Broker, Topology
+from poller.config import Settings
+from poller.metrics import Metrics
+from poller.ops import OpsServer, create_ops_app
+from poller.worker import Worker, build_clients
+
+log = structlog.get_logger(__name__)
+
+
+def topology_of(settings: Settings) -> Topology:
+    return Topology(
+        watch_queue=settings.watch_queue,
+        dead_letter_queue=settings.dead_letter_queue,
+        events_exchange=settings.events_exchange,
+    )
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second one is left to the default (immediate) handler."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+
+        def on_signal(sig: signal.Signals = sig) -> None:
+            log.info("worker.signal", signal=sig.name)
+            stop.set()
+            loop.remove_signal_handler(sig)
+
+        loop.add_signal_handler(sig, on_signal)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run one worker until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given)."""
+    if stop is None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+    metrics = Metrics()
+    broker = await Broker.connect(settings.amqp_url, topology_of(settings))
+    worker = Worker(settings, broker, build_clients(settings, metrics), metrics=metrics)
+    ops = None
+    if settings.http_port:
+        ops = OpsServer(create_ops_app(metrics, lambda: worker.ready), settings.http_port)
+        port = await ops.start()
+        log.info("ops.listening", port=port)
+    try:
+        await worker.run(stop)
+    finally:
+        if ops is not None:
+            await ops.stop()

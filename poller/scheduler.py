@@ -1,0 +1,244 @@
+"""Per-cluster polling: which jobs are due, one collection call for many of them, a bound on calls.
+
+One ``ClusterScheduler`` per configured cluster. Each job keeps its own next-poll time (backoff per
+job); at each tick the scheduler gathers the jobs that are due, or nearly due, and reads them with
+the collection endpoint in chunks that keep the URL short. A job missing from an answer is confirmed
+with a single GET. At most ``max_concurrent_requests`` calls run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any
+
+import structlog
+
+from poller import tracking
+from poller.errors import JobNotFound, OntapRefused, OntapUnavailable
+from poller.metrics import Metrics
+from poller.ontap import OntapClient
+from poller.tracking import Gone, Observation, Policy, Progress, Refused, Seen, Track, Unreachable
+from poller.watches import Dispatcher, JobEntry, Watch
+
+log = structlog.get_logger(__name__)
+#: Jobs due within this fraction of poll_interval_min are polled together with those due now.
+_COALESCE_FRACTION = 0.25
+_COALESCE_MAX_S = 0.5
+_IDLE_WAKE_S = 5.0
+#: A job whose watches all left (to be re-enqueued with a checkpoint) is kept this long, unpolled,
+#: so that the copies coming back find its state, its backoff and its latest event.
+_EMPTY_GRACE_S = 30.0
+
+
+class ClusterScheduler:
+    """Polls every job watched on one cluster and hands each observation to the dispatcher."""
+
+    def __init__(
+        self,
+        client: OntapClient,
+        dispatcher: Dispatcher,
+        policy: Policy,
+        *,
+        batch: bool,
+        batch_size: int,
+        max_concurrent_requests: int,
+        checkpoint_interval_s: float,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster = client.cluster
+        self.entries: dict[str, JobEntry] = {}
+        self._client = client
+        self.dispatcher = dispatcher
+        self._policy = policy
+        self._batch = batch
+        self._batch_size = batch_size
+        self._calls = asyncio.Semaphore(max_concurrent_requests)
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._metrics = metrics
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._coalesce_s = min(policy.poll_interval_min_s * _COALESCE_FRACTION, _COALESCE_MAX_S)
+
+    # -- watches in ------------------------------------------------------------------------------
+
+    def add(self, watch: Watch, progress: Progress) -> tuple[JobEntry, bool]:
+        """Attach a watch to its job; True when the job was already being polled."""
+        uuid = watch.request.uuid
+        entry = self.entries.get(uuid)
+        joined = entry is not None
+        if entry is None:
+            entry = JobEntry(uuid, Track(progress=progress), next_poll_at=self._clock())
+            self.entries[uuid] = entry
+        previous = entry.watches.get(watch.watch_id)
+        entry.watches[watch.watch_id] = watch
+        entry.empty_since = None
+        if previous is not None and previous.delivery is not watch.delivery and not previous.busy:
+            # A second copy of the same watch (a checkpoint whose old delivery could not be
+            # acknowledged): settle the older one, or it would be held until the consumer timeout.
+            self._spawn(self.dispatcher.release(entry, previous))
+        self._wake.set()
+        return entry, joined
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def watch_count(self) -> int:
+        return sum(len(e.watches) for e in self.entries.values())
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick until cancelled; in-flight polls are cancelled with it."""
+        try:
+            while True:
+                now = self._clock()
+                self._housekeeping(now)
+                for chunk in self._due_chunks(now):
+                    self._spawn(self._poll(chunk))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._next_wakeup(now) - self._clock())):
+                        await self._wake.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _due_chunks(self, now: float) -> Iterator[list[JobEntry]]:
+        horizon = now + self._coalesce_s
+        due = [
+            e
+            for e in self.entries.values()
+            if e.watches and not e.in_flight and e.next_poll_at <= horizon
+        ]
+        for entry in due:
+            entry.in_flight = True
+        size = self._batch_size if self._batch else 1
+        for start in range(0, len(due), size):
+            yield due[start : start + size]
+
+    def _next_wakeup(self, now: float) -> float:
+        times = [now + _IDLE_WAKE_S]
+        for entry in self.entries.values():
+            if entry.empty_since is not None:
+                times.append(entry.empty_since + _EMPTY_GRACE_S)
+            elif not entry.in_flight:
+                times.append(entry.next_poll_at)
+            for watch in entry.watches.values():
+                if not watch.busy:
+                    times.append(watch.deadline_at)
+                    times.append(watch.held_since + self._checkpoint_interval_s)
+        return min(times)
+
+    def _housekeeping(self, now: float) -> None:
+        """Forget deliveries of dead channels; expire and checkpoint watches that are due."""
+        watches = 0
+        for entry in list(self.entries.values()):
+            for watch in list(entry.watches.values()):
+                if watch.delivery.stale:
+                    # The broker has given it back to the queue; it must not be polled or acked.
+                    del entry.watches[watch.watch_id]
+                elif watch.busy:
+                    pass
+                elif watch.deadline_at <= now:
+                    self._spawn(self._under_lock(entry, watch, self.dispatcher.expire))
+                elif now - watch.held_since >= self._checkpoint_interval_s:
+                    self._spawn(self._under_lock(entry, watch, self.dispatcher.checkpoint))
+            if entry.watches:
+                entry.empty_since = None
+            elif entry.empty_since is None:
+                entry.empty_since = now
+            elif now - entry.empty_since >= _EMPTY_GRACE_S and not entry.in_flight:
+                self._forget(entry)
+            watches += len(entry.watches)
+        if self._metrics is not None:
+            self._metrics.watches_active.labels(self.cluster).set(watches)
+            self._metrics.jobs_tracked.labels(self.cluster).set(len(self.entries))
+
+    async def _under_lock(
+        self,
+        entry: JobEntry,
+        watch: Watch,
+        action: Callable[[JobEntry, Watch], Coroutine[Any, Any, Any]],
+    ) -> None:
+        watch.busy = True
+        try:
+            async with entry.lock:
+                if entry.watches.get(watch.watch_id) is watch:
+                    await action(entry, watch)
+        finally:
+            watch.busy = False
+            self._wake.set()
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    async def _poll(self, chunk: list[JobEntry]) -> None:
+        try:
+            observations = await self._observe([e.uuid for e in chunk])
+            await asyncio.gather(*(self._apply(e, observations[e.uuid]) for e in chunk))
+        finally:
+            for entry in chunk:
+                entry.in_flight = False
+            self._wake.set()
+
+    async def _observe(self, uuids: Sequence[str]) -> dict[str, Observation]:
+        if len(uuids) == 1 or not self._batch:
+            return {u: await self._observe_one(u) for u in uuids}
+        try:
+            async with self._calls:
+                jobs = await self._client.get_jobs(uuids)
+        except OntapRefused as exc:
+            return dict.fromkeys(uuids, Refused(exc.error))
+        except OntapUnavailable as exc:
+            return dict.fromkeys(uuids, Unreachable(exc.error))
+        seen: dict[str, Observation] = {u: Seen(jobs[u]) for u in uuids if u in jobs}
+        missing = [u for u in uuids if u not in jobs]
+        # Absent from the answer: gone, or a lagging replica. One GET each tells which.
+        confirmed = await asyncio.gather(*(self._observe_one(u) for u in missing))
+        seen.update(zip(missing, confirmed, strict=True))
+        return seen
+
+    async def _observe_one(self, uuid: str) -> Observation:
+        try:
+            async with self._calls:
+                return Seen(await self._client.get_job(uuid))
+        except JobNotFound as exc:
+            return Gone(exc.error)
+        except OntapRefused as exc:
+            return Refused(exc.error)
+        except OntapUnavailable as exc:
+            return Unreachable(exc.error)
+
+    async def _apply(self, entry: JobEntry, observation: Observation) -> None:
+        async with entry.lock:
+            if self.entries.get(entry.uuid) is not entry:
+                return
+            for watch in [w for w in entry.watches.values() if w.delivery.stale]:
+                del entry.watches[watch.watch_id]
+            if not entry.watches:
+                return  # all re-enqueued or gone meanwhile; housekeeping decides its fate
+            step = tracking.step(entry.track, observation, self._policy)
+            if await self.dispatcher.apply(entry, step):
+                self._forget(entry)
+            else:
+                entry.next_poll_at = self._clock() + step.next_poll_in_s
+
+    def _forget(self, entry: JobEntry) -> None:
+        if self.entries.get(entry.uuid) is entry:
+            del self.entries[entry.uuid]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("scheduler.task_failed", cluster=self.cluster, error=repr(exc), exc_info=exc)
