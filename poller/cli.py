@@ -1,0 +1,126 @@
+"""The ``ontap-job-poller`` command: parse options, configure logging, load settings, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from poller import __version__
+from poller.config import Settings, load_settings
+from poller.errors import BrokerError, ConfigError, NotRouted
+from poller.ops import configure_logging, redact_url
+
+EX_CONFIG: Final = 78  # sysexits.h: configuration error
+EXIT_NOT_PUBLISHED: Final = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ontap-job-poller",
+        description="Watch NetApp ONTAP asynchronous jobs and publish their state changes "
+        "as CloudEvents on RabbitMQ.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config", metavar="FILE", help="TOML configuration (default: $POLLER_CONFIG)"
+        )
+        return p
+
+    command("run", "Run the worker: consume watch requests, poll ONTAP, publish events.")
+    watch = command("watch", "Publish one watch request; with --wait, print its events.")
+    watch.add_argument("uuid", help="the ONTAP job UUID")
+    watch.add_argument("--cluster", help="a configured cluster name (optional with one cluster)")
+    watch.add_argument("--timeout", type=float, metavar="S", help="deadline of the watch, seconds")
+    watch.add_argument(
+        "--wait",
+        action="store_true",
+        help="print each event and exit 0 on success, 1 on failure/cancelled/expired, "
+        "2 on not_found/timeout/error",
+    )
+    events = command("events", "Print events as JSON lines until interrupted.")
+    events.add_argument(
+        "--bind",
+        action="append",
+        metavar="KEY",
+        help="routing key pattern to bind, e.g. 'job.*.success' (repeatable; default '#')",
+    )
+    simulate = command("simulate", "Serve a simulated ONTAP jobs API (see docs/simulator.md).")
+    simulate.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    simulate.add_argument("--username", default="admin", help="basic-auth user (default admin)")
+    simulate.add_argument(
+        "--password", default="netapp1!", help="basic-auth password (default netapp1!)"
+    )
+    simulate.add_argument(
+        "--purge-after",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="delete a finished job this many seconds after it ends (default 300, as ONTAP)",
+    )
+    command("demo", "Simulator and worker in one process: three jobs and their events.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log_format)
+        if args.command == "run":
+            settings.require_clusters()
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"ontap-job-poller: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except NotRouted as exc:
+        print(f"ontap-job-poller: request not published: {exc}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED
+    except BrokerError as exc:
+        print(f"ontap-job-poller: {redact_url(str(exc))}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED if args.command == "watch" else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        from poller.runner import run_worker
+
+        asyncio.run(run_worker(settings))
+        return 0
+    if args.command == "watch":
+        from poller.watch_cli import watch
+
+        return asyncio.run(watch(settings, args.uuid, args.cluster, args.timeout, wait=args.wait))
+    if args.command == "events":
+        from poller.watch_cli import print_events
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(print_events(settings, tuple(args.bind or ["#"])))
+        return 0
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "demo":
+        from poller.demo import run_demo
+
+        return asyncio.run(run_demo(settings))
+    raise AssertionError(args.command)  # pragma: no cover - argparse restricts the choices
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from poller.simulator import Simulator, serve
+
+    sim = Simulator(username=args.username, password=args.password, purge_after_s=args.purge_after)
+    print(f"simulated ONTAP jobs API on http://{args.host}:{args.port}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, sim))
+    return 0
