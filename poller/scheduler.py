@@ -72,7 +72,9 @@ class ClusterScheduler:
         entry = self.entries.get(uuid)
         joined = entry is not None
         if entry is None:
-            entry = JobEntry(uuid, Track(progress=progress), next_poll_at=self._clock())
+            # Not polled at once: requests tend to come in bursts, and a short wait lets one
+            # collection call read the whole burst.
+            entry = JobEntry(uuid, Track(progress=progress), self._clock() + self._coalesce_s)
             self.entries[uuid] = entry
         previous = entry.watches.get(watch.watch_id)
         entry.watches[watch.watch_id] = watch
