@@ -21,7 +21,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from poller.errors import ConfigError
 from poller.models import CLUSTER_NAME
@@ -96,7 +101,7 @@ class Settings(BaseSettings):
         env_prefix="POLLER_", extra="forbid", frozen=True, case_sensitive=False
     )
 
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    amqp_url: str = Field(default="amqp://guest:guest@localhost:5672/", repr=False)
     watch_queue: str = "ontap.jobs.watch"
     dead_letter_queue: str = "ontap.jobs.watch.dead"
     events_exchange: str = "ontap.jobs"
@@ -166,13 +171,20 @@ class Settings(BaseSettings):
             raise ValueError(f"ontap_name: cluster {self.ontap_name!r} is also in [clusters]")
         if self.ontap_username is None:
             raise ValueError("ontap_username: required with ontap_url")
-        cluster = ClusterSettings(
-            url=self.ontap_url or "",
-            username=self.ontap_username,
-            password=self.ontap_password,
-            password_file=self.ontap_password_file,
-            verify=self.ontap_verify,
-        )
+        try:
+            cluster = ClusterSettings(
+                url=self.ontap_url or "",
+                username=self.ontap_username,
+                password=self.ontap_password,
+                password_file=self.ontap_password_file,
+                verify=self.ontap_verify,
+            )
+        except ValidationError as exc:
+            # Name the variables the user sets, not the fields of the cluster model.
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else "password"
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"ontap_{field}: {message}") from None
         # Frozen model: the merged view is built once, here, during validation.
         object.__setattr__(self, "clusters", {**self.clusters, self.ontap_name: cluster})
 
@@ -203,6 +215,9 @@ def load_settings(
             _check_password_file(name, cluster)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    except SettingsError as exc:
+        # An env override that is not parsable, e.g. POLLER_CLUSTERS that is not JSON.
+        raise ConfigError(f"config: {exc}") from None
     return settings
 
 
@@ -237,6 +252,10 @@ def _check_password_file(name: str, cluster: ClusterSettings) -> None:
         raise ConfigError(
             f"clusters.{name}.password_file: cannot read {str(cluster.password_file)!r}: "
             f"{exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"clusters.{name}.password_file: {str(cluster.password_file)!r} is not UTF-8"
         ) from None
     if not secret:
         raise ConfigError(f"clusters.{name}.password_file: {str(cluster.password_file)!r} is empty")

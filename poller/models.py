@@ -75,7 +75,7 @@ class WatchRequest:
     timeout_s: float | None
 
 
-class _JobRef(BaseModel):
+class _JobRef(BaseModel, title="job object"):
     model_config = ConfigDict(extra="ignore")
     uuid: str | None = None
     links: dict[str, Any] | None = Field(default=None, alias="_links")
@@ -109,9 +109,12 @@ def parse_watch_request(
             f"content_type {content_type!r} is not application/json", kind="encoding"
         )
     try:
-        data = json.loads(body)
+        # Decoded explicitly: json.loads on bytes would also guess UTF-16 and UTF-32.
+        data = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"body is not JSON: {exc}", kind="json") from None
+        raise InvalidRequest(f"body is not JSON (UTF-8): {exc}", kind="json") from None
+    except RecursionError:
+        raise InvalidRequest("body is not JSON: nested too deeply", kind="json") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"body is a JSON {type(data).__name__}, not an object", kind="json")
     try:
@@ -163,11 +166,13 @@ def _job_uuid(parsed: _RequestBody) -> str:
 
 
 def _self_href(links: dict[str, Any] | None) -> str | None:
-    if not links:
+    if not links or "self" not in links:
         return None
-    self_link = links.get("self")
+    self_link = links["self"]
     href = self_link.get("href") if isinstance(self_link, dict) else None
-    return href if isinstance(href, str) else None
+    if not isinstance(href, str):
+        raise InvalidRequest("job._links.self.href: must be a string", kind="uuid")
+    return href
 
 
 def _cluster(name: str | None, clusters: frozenset[str]) -> str:
@@ -190,6 +195,10 @@ def _cluster(name: str | None, clusters: frozenset[str]) -> str:
 def _timeout(value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not math.isfinite(value):
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if isinstance(value, bool) or not math.isfinite(seconds):
         raise InvalidRequest("timeout: must be a positive number of seconds", kind="timeout")
-    return float(value)
+    return seconds
