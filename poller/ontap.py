@@ -55,7 +55,7 @@ class RetryPolicy:
         return cls(attempts=attempts, initial_wait_s=0.0, max_wait_s=0.0, jitter_s=0.0)
 
 
-class _Transient(Exception):  # noqa: N818 - internal signal, never escapes this module
+class _Transient(Exception):
     """A failure worth retrying; ``retry_after_s`` is ONTAP's ``Retry-After``, if it sent one."""
 
     def __init__(self, error: dict[str, Any], retry_after_s: float | None = None) -> None:

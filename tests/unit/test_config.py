@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic_settings import SettingsError
 
 from poller.config import load_settings
 from poller.errors import ConfigError
