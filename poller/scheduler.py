@@ -93,6 +93,11 @@ class ClusterScheduler:
     def watch_count(self) -> int:
         return sum(len(e.watches) for e in self.entries.values())
 
+    async def wait_idle(self) -> None:
+        """Wait for the polls, expiries and checkpoints under way now to finish."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -124,10 +124,7 @@ class Worker:
         # the grace period only spares subscribers a few duplicates.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
-                while any(
-                    e.in_flight for s in self.schedulers.values() for e in s.entries.values()
-                ):
-                    await asyncio.sleep(0.05)  # noqa: ASYNC110 - flags on many entries; one event each would be heavier
+                await asyncio.gather(*(s.wait_idle() for s in self.schedulers.values()))
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
