@@ -58,14 +58,35 @@ class ClusterSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str
-    username: str
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    verify: bool | str = True
-    max_concurrent_requests: Annotated[int, Field(ge=1, le=256)] = 6
-    batch: bool = True
-    request_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    url: Annotated[
+        str,
+        Field(description="Base URL of the cluster; jobs are read from `{url}/api/cluster/jobs`."),
+    ]
+    username: Annotated[str, Field(description="User for HTTP basic auth.")]
+    password: Annotated[
+        SecretStr | None,
+        Field(description="Password for basic auth; give this or `password_file`, not both."),
+    ] = None
+    password_file: Annotated[
+        Path | None,
+        Field(description="File holding the password (a trailing newline is ignored)."),
+    ] = None
+    verify: Annotated[
+        bool | str,
+        Field(description="Verify TLS: `true`, `false`, or the path of a CA bundle (PEM)."),
+    ] = True
+    max_concurrent_requests: Annotated[
+        int, Field(ge=1, le=256, description="HTTP calls to this cluster at once.")
+    ] = 6
+    batch: Annotated[
+        bool,
+        Field(
+            description="Read many due jobs per call (`uuid=a|b|...`); `false`: one GET per job."
+        ),
+    ] = True
+    request_timeout: Annotated[
+        float, Field(gt=0, le=600, description="Seconds allowed for one HTTP call.")
+    ] = 30.0
 
     @field_validator("url")
     @classmethod
@@ -101,28 +122,77 @@ class Settings(BaseSettings):
         env_prefix="POLLER_", extra="forbid", frozen=True, case_sensitive=False
     )
 
-    amqp_url: str = Field(default="amqp://guest:guest@localhost:5672/", repr=False)
-    watch_queue: str = "ontap.jobs.watch"
-    dead_letter_queue: str = "ontap.jobs.watch.dead"
-    events_exchange: str = "ontap.jobs"
-    poll_interval_min: Annotated[float, Field(gt=0)] = 1.0
-    poll_interval_max: Annotated[float, Field(gt=0, le=MAX_POLL_INTERVAL_S)] = 30.0
-    watch_timeout: Annotated[float, Field(gt=0)] = 86400.0
-    checkpoint_interval: Annotated[float, Field(gt=0)] = 600.0
+    amqp_url: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        repr=False,
+        description="The RabbitMQ broker (`amqp://` or `amqps://`).",
+    )
+    watch_queue: Annotated[str, Field(description="Queue of watch requests.")] = "ontap.jobs.watch"
+    dead_letter_queue: Annotated[
+        str, Field(description="Where rejected watch requests go, with `x-poller-error`.")
+    ] = "ontap.jobs.watch.dead"
+    events_exchange: Annotated[
+        str, Field(description="Durable topic exchange the events are published to.")
+    ] = "ontap.jobs"
+    poll_interval_min: Annotated[
+        float, Field(gt=0, description="Seconds before the first re-poll of an unchanged job.")
+    ] = 1.0
+    poll_interval_max: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=MAX_POLL_INTERVAL_S,
+            description="Cap of the re-poll backoff, seconds; at most 240 "
+            "(ONTAP deletes finished jobs about 300 s after they end).",
+        ),
+    ] = 30.0
+    watch_timeout: Annotated[
+        float, Field(gt=0, description="Default deadline of a watch, seconds.")
+    ] = 86400.0
+    checkpoint_interval: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds between re-enqueues of a watch with its progress; keep it "
+            "below the broker's consumer timeout (30 min by default).",
+        ),
+    ] = 600.0
     # The AMQP prefetch count is a 16-bit field, hence the upper bound.
-    max_watches: Annotated[int, Field(ge=1, le=65535)] = 10000
-    publish_progress: bool = False
-    http_port: Annotated[int, Field(ge=0, le=65535)] = 9102
-    log_format: Literal["auto", "json", "console"] = "auto"
-    clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
+    max_watches: Annotated[
+        int,
+        Field(ge=1, le=65535, description="Concurrent watches per worker (the consumer prefetch)."),
+    ] = 10000
+    publish_progress: Annotated[
+        bool,
+        Field(description="Also publish `progress.*` when a running job's `message` changes."),
+    ] = False
+    http_port: Annotated[
+        int,
+        Field(ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`; `0`: off."),
+    ] = 9102
+    log_format: Annotated[
+        Literal["auto", "json", "console"],
+        Field(description="`json`, `console`, or `auto` (console on a terminal, else JSON)."),
+    ] = "auto"
+    clusters: dict[str, ClusterSettings] = Field(
+        default_factory=dict, description="The ONTAP clusters, one `[clusters.NAME]` table each."
+    )
 
     # The single-cluster shortcut for compose: POLLER_ONTAP_URL and friends.
-    ontap_url: str | None = None
-    ontap_username: str | None = None
-    ontap_password: SecretStr | None = None
-    ontap_password_file: Path | None = None
-    ontap_verify: bool | str = True
-    ontap_name: str = "default"
+    ontap_url: Annotated[str | None, Field(description="One cluster by env alone: its `url`.")] = (
+        None
+    )
+    ontap_username: Annotated[str | None, Field(description="The `username` of that cluster.")] = (
+        None
+    )
+    ontap_password: Annotated[
+        SecretStr | None, Field(description="Its `password` (or use `ontap_password_file`).")
+    ] = None
+    ontap_password_file: Annotated[
+        Path | None, Field(description="Its `password_file`, e.g. a Docker secret.")
+    ] = None
+    ontap_verify: Annotated[bool | str, Field(description="Its `verify`.")] = True
+    ontap_name: Annotated[str, Field(description="Its cluster name.")] = "default"
 
     @classmethod
     def settings_customise_sources(
