@@ -121,7 +121,9 @@ class Broker:
         """Declare the watch queue, the dead-letter queue and the events exchange (idempotent)."""
         t = self.topology
         try:
-            self._channel = await self.connection.channel(publisher_confirms=True)
+            self._channel = await self.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
             await self._channel.set_qos(prefetch_count=prefetch)
             await self._channel.declare_queue(
                 t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
@@ -272,7 +274,7 @@ async def publish_request(
         app_id=APP_ID,
     )
     try:
-        async with connection.channel(publisher_confirms=True) as channel:
+        async with connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
             await _publish_to(channel.default_exchange, message, queue)
     except BrokerError:
         raise
@@ -342,7 +344,9 @@ def _received(message: AbstractIncomingMessage) -> Received:
         "delivery_mode": int(message.delivery_mode) if message.delivery_mode else None,
         "timestamp": message.timestamp.isoformat() if message.timestamp else None,
     }
-    headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in (message.headers or {}).items()}
+    headers = {
+        k: v.decode() if isinstance(v, bytes) else v for k, v in (message.headers or {}).items()
+    }
     return Received(
         routing_key=message.routing_key or "",
         headers=headers,

@@ -1,0 +1,189 @@
+"""The command line as a user runs it: real processes, the real broker, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+import pytest
+
+from tests.integration.conftest import PASSWORD, cluster, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+def cli_env(amqp_url: str, names, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env.update(
+        POLLER_AMQP_URL=amqp_url,
+        POLLER_WATCH_QUEUE=names.watch_queue,
+        POLLER_DEAD_LETTER_QUEUE=names.dead_letter_queue,
+        POLLER_EVENTS_EXCHANGE=names.events_exchange,
+        POLLER_HTTP_PORT="0",
+        POLLER_LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("timeline", "expected_exit", "final_key"),
+    [
+        (
+            [{"after": 0, "state": "running"}, {"after": 0.5, "state": "success"}],
+            0,
+            "job.c1.success",
+        ),
+        (
+            [{"after": 0, "state": "running"}, {"after": 0.5, "state": "failure", "code": 1}],
+            1,
+            "job.c1.failure",
+        ),
+        (None, 2, "watch.c1.not_found"),
+    ],
+    ids=["success", "failure", "not_found"],
+)
+async def test_watch_wait_prints_events_and_exits_by_outcome(
+    sim, names, amqp_url, start_worker, timeline, expected_exit, final_key
+) -> None:
+    """`watch UUID --wait` prints the job's events and exits 0, 1 or 2 by its outcome."""
+    simulator, base_url = sim
+    job = simulator.create_job(timeline=timeline) if timeline else str(uuid.uuid4())
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+
+    code, out, _ = await run_cli(
+        "watch", job, "--wait", "--timeout", "30", env=cli_env(amqp_url, names)
+    )
+
+    assert code == expected_exit, out
+    assert final_key in out
+
+
+async def test_watch_without_a_worker_exits_3_and_says_why(names, amqp_url) -> None:
+    """With no queue declared the request is refused loudly (exit 3), not lost."""
+    code, _, err = await run_cli("watch", str(uuid.uuid4()), env=cli_env(amqp_url, names))
+    assert code == 3
+    assert "is a worker running?" in err
+
+
+async def test_run_without_a_cluster_refuses_to_start(names, amqp_url) -> None:
+    """`run` with no cluster stops at once with one line naming the key."""
+    code, _, err = await run_cli("run", env=cli_env(amqp_url, names))
+    assert code == 78
+    assert err.strip().splitlines() == [
+        "ontap-job-poller: config error: clusters: no cluster configured; add a [clusters.NAME] "
+        "table or set POLLER_ONTAP_URL"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"POLLER_POLL_INTERVAL_MAX": "300"}, "poll_interval_max"),
+        ({"POLLER_MAX_WATCHES": "many"}, "max_watches"),
+        ({"POLLER_LOG_FORMAT": "xml"}, "log_format"),
+        (
+            {
+                "POLLER_ONTAP_URL": "ftp://x",
+                "POLLER_ONTAP_USERNAME": "a",
+                "POLLER_ONTAP_PASSWORD": "b",
+            },
+            "ontap_url",
+        ),
+    ],
+)
+async def test_bad_configuration_stops_run_with_one_line_naming_the_key(
+    names, amqp_url, extra, key
+) -> None:
+    """A bad value is one stderr line that names the key, and nothing starts."""
+    code, _, err = await run_cli("run", env=cli_env(amqp_url, names, **extra))
+    lines = err.strip().splitlines()
+    assert code == 78
+    assert len(lines) == 1 and key in lines[0]
+
+
+async def test_config_file_and_env_override(tmp_path, sim, names, amqp_url, start_worker) -> None:
+    """--config FILE is read; a POLLER_* variable overrides a key of it."""
+    simulator, base_url = sim
+    job = simulator.create_job(timeline=[{"after": 0, "state": "success"}])
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    config = tmp_path / "poller.toml"
+    config.write_text(f'amqp_url = "{amqp_url}"\nwatch_queue = "wrong.queue"\n')
+    env = cli_env(amqp_url, names)
+    env.pop("POLLER_AMQP_URL")
+
+    code, out, _ = await run_cli("watch", job, "--wait", "--config", str(config), env=env)
+
+    assert code == 0
+    assert "job.c1.success" in out
+
+
+async def test_run_worker_process_end_to_end(sim, names, amqp_url, subscribe) -> None:
+    """`run` as a process, configured by env alone, turns a request into events; SIGTERM exits 0."""
+    simulator, base_url = sim
+    job = simulator.create_job(
+        timeline=[{"after": 0, "state": "running"}, {"after": 4, "state": "success"}]
+    )
+    env = cli_env(
+        amqp_url,
+        names,
+        POLLER_ONTAP_URL=base_url,
+        POLLER_ONTAP_USERNAME="admin",
+        POLLER_ONTAP_PASSWORD=PASSWORD,
+        POLLER_ONTAP_NAME="c1",
+        POLLER_POLL_INTERVAL_MIN="0.2",
+        POLLER_POLL_INTERVAL_MAX="0.5",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        from tests.integration.conftest import wait_for_queue
+
+        await wait_for_queue(amqp_url, names.watch_queue)
+        events, _ = await subscribe(names.events_exchange, "#")
+        code, _, _ = await run_cli("watch", job, env=cli_env(amqp_url, names))
+        assert code == 0
+        await events.wait_keys("job.c1.running", "job.c1.success")
+    finally:
+        worker.terminate()
+        _, stderr = await asyncio.wait_for(worker.communicate(), 15)
+    assert worker.returncode == 0
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert {"worker.started", "worker.stopped"} <= {line["event"] for line in lines}
+    assert PASSWORD not in stderr.decode()
+
+
+async def test_demo_prints_three_outcomes_and_exits_0(amqp_url) -> None:
+    """`demo` shows success, failure and not_found events and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env.update(POLLER_AMQP_URL=amqp_url, POLLER_HTTP_PORT="0")
+    code, out, _ = await run_cli("demo", env=env, timeout=90)
+    assert code == 0, out
+    for key in ("job.demo.success", "job.demo.failure", "watch.demo.not_found"):
+        assert key in out
+    assert out.strip().endswith("done: success, failure, not_found")
