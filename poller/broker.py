@@ -25,6 +25,12 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from poller.errors import BrokerError, NotRouted
 from poller.events import APP_ID, Envelope
@@ -108,14 +114,10 @@ class Broker:
         self._consumer_tag: str | None = None
 
     @classmethod
-    async def connect(cls, url: str, topology: Topology, *, name: str = APP_ID) -> Broker:
-        try:
-            connection = await aio_pika.connect_robust(
-                url, client_properties={"connection_name": name}
-            )
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"cannot connect to RabbitMQ: {exc}") from exc
-        return cls(connection, topology)
+    async def connect(
+        cls, url: str, topology: Topology, *, name: str = APP_ID, wait_s: float = 0.0
+    ) -> Broker:
+        return cls(await connect(url, name=name, wait_s=wait_s), topology)
 
     async def declare(self, prefetch: int) -> None:
         """Declare the watch queue, the dead-letter queue and the events exchange (idempotent)."""
@@ -356,12 +358,32 @@ def _received(message: AbstractIncomingMessage) -> Received:
     )
 
 
-async def connect(url: str, *, name: str = APP_ID) -> AbstractRobustConnection:
-    """A robust connection, with connection errors as ``BrokerError``."""
+async def connect(url: str, *, name: str = APP_ID, wait_s: float = 0.0) -> AbstractRobustConnection:
+    """A robust connection; ``BrokerError`` when RabbitMQ is still unreachable after ``wait_s``.
+
+    A worker started beside its broker (compose, Kubernetes) waits for it instead of crash-looping;
+    once connected, aio-pika's robust connection takes over reconnecting.
+    """
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_BROKER_FAILURES),
+        stop=stop_after_delay(wait_s),
+        wait=wait_exponential_jitter(initial=0.5, max=5.0),
+        before_sleep=lambda state: log.warning(
+            "broker.connect_retrying",
+            attempt=state.attempt_number,
+            error=repr(state.outcome.exception() if state.outcome else None),
+        ),
+        reraise=True,
+    )
     try:
-        return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+        async for attempt in retrying:
+            with attempt:
+                return await aio_pika.connect_robust(
+                    url, client_properties={"connection_name": name}
+                )
     except _BROKER_FAILURES as exc:
         raise BrokerError(f"cannot connect to RabbitMQ: {exc}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
 
 
 async def queue_exists(connection: aio_pika.abc.AbstractConnection, name: str) -> bool:

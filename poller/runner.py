@@ -14,6 +14,8 @@ from poller.ops import OpsServer, create_ops_app
 from poller.worker import Worker, build_clients
 
 log = structlog.get_logger(__name__)
+#: How long ``run`` waits for RabbitMQ at start-up before giving up with one clear line.
+BROKER_STARTUP_WAIT_S = 60.0
 
 
 def topology_of(settings: Settings) -> Topology:
@@ -43,7 +45,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         install_stop_signals(stop)
     metrics = Metrics()
-    broker = await Broker.connect(settings.amqp_url, topology_of(settings))
+    broker = await Broker.connect(
+        settings.amqp_url, topology_of(settings), wait_s=BROKER_STARTUP_WAIT_S
+    )
     worker = Worker(settings, broker, build_clients(settings, metrics), metrics=metrics)
     ops = None
     if settings.http_port:
