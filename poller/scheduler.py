@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from poller import tracking
 from poller.errors import JobNotFound, OntapRefused, OntapUnavailable
@@ -31,6 +32,7 @@ _IDLE_WAKE_S = 5.0
 #: A job whose watches all left (to be re-enqueued with a checkpoint) is kept this long, unpolled,
 #: so that the copies coming back find its state, its backoff and its latest event.
 _EMPTY_GRACE_S = 30.0
+_ACTION_RETRY_S = 2.0
 
 
 class ClusterScheduler:
@@ -102,6 +104,8 @@ class ClusterScheduler:
 
     async def run(self) -> None:
         """Tick until cancelled; in-flight polls are cancelled with it."""
+        # This task's context: every poll it spawns logs with the cluster bound.
+        structlog.contextvars.bind_contextvars(cluster=self.cluster)
         try:
             while True:
                 now = self._clock()
@@ -139,8 +143,8 @@ class ClusterScheduler:
                 times.append(entry.next_poll_at)
             for watch in entry.watches.values():
                 if not watch.busy:
-                    times.append(watch.deadline_at)
-                    times.append(watch.held_since + self._checkpoint_interval_s)
+                    due = min(watch.deadline_at, watch.held_since + self._checkpoint_interval_s)
+                    times.append(max(due, watch.not_before))
         return min(times)
 
     def _housekeeping(self, now: float) -> None:
@@ -151,7 +155,7 @@ class ClusterScheduler:
                 if watch.delivery.stale:
                     # The broker has given it back to the queue; it must not be polled or acked.
                     del entry.watches[watch.watch_id]
-                elif watch.busy:
+                elif watch.busy or now < watch.not_before:
                     pass
                 elif watch.deadline_at <= now:
                     self._spawn(self._under_lock(entry, watch, self.dispatcher.expire))
@@ -176,9 +180,14 @@ class ClusterScheduler:
     ) -> None:
         watch.busy = True
         try:
-            async with entry.lock:
-                if entry.watches.get(watch.watch_id) is watch:
-                    await action(entry, watch)
+            with bound_contextvars(cluster=self.cluster, job=entry.uuid):
+                async with entry.lock:
+                    if entry.watches.get(watch.watch_id) is watch:
+                        await action(entry, watch)
+            if entry.watches.get(watch.watch_id) is watch:
+                # Still held: the broker did not take the event or the copy. Try again a little
+                # later rather than at every tick.
+                watch.not_before = self._clock() + _ACTION_RETRY_S
         finally:
             watch.busy = False
             self._wake.set()
@@ -201,8 +210,10 @@ class ClusterScheduler:
             async with self._calls:
                 jobs = await self._client.get_jobs(uuids)
         except OntapRefused as exc:
+            log.warning("ontap.call_failed", outcome="refused", jobs=len(uuids), error=str(exc))
             return dict.fromkeys(uuids, Refused(exc.error))
         except OntapUnavailable as exc:
+            log.warning("ontap.call_failed", outcome="unreachable", jobs=len(uuids), error=str(exc))
             return dict.fromkeys(uuids, Unreachable(exc.error))
         seen: dict[str, Observation] = {u: Seen(jobs[u]) for u in uuids if u in jobs}
         missing = [u for u in uuids if u not in jobs]
@@ -212,29 +223,33 @@ class ClusterScheduler:
         return seen
 
     async def _observe_one(self, uuid: str) -> Observation:
-        try:
-            async with self._calls:
-                return Seen(await self._client.get_job(uuid))
-        except JobNotFound as exc:
-            return Gone(exc.error)
-        except OntapRefused as exc:
-            return Refused(exc.error)
-        except OntapUnavailable as exc:
-            return Unreachable(exc.error)
+        with bound_contextvars(job=uuid):
+            try:
+                async with self._calls:
+                    return Seen(await self._client.get_job(uuid))
+            except JobNotFound as exc:
+                return Gone(exc.error)
+            except OntapRefused as exc:
+                log.warning("ontap.call_failed", outcome="refused", error=str(exc))
+                return Refused(exc.error)
+            except OntapUnavailable as exc:
+                log.warning("ontap.call_failed", outcome="unreachable", error=str(exc))
+                return Unreachable(exc.error)
 
     async def _apply(self, entry: JobEntry, observation: Observation) -> None:
-        async with entry.lock:
-            if self.entries.get(entry.uuid) is not entry:
-                return
-            for watch in [w for w in entry.watches.values() if w.delivery.stale]:
-                del entry.watches[watch.watch_id]
-            if not entry.watches:
-                return  # all re-enqueued or gone meanwhile; housekeeping decides its fate
-            step = tracking.step(entry.track, observation, self._policy)
-            if await self.dispatcher.apply(entry, step):
-                self._forget(entry)
-            else:
-                entry.next_poll_at = self._clock() + step.next_poll_in_s
+        with bound_contextvars(cluster=self.cluster, job=entry.uuid):
+            async with entry.lock:
+                if self.entries.get(entry.uuid) is not entry:
+                    return
+                for watch in [w for w in entry.watches.values() if w.delivery.stale]:
+                    del entry.watches[watch.watch_id]
+                if not entry.watches:
+                    return  # all re-enqueued or gone meanwhile; housekeeping decides its fate
+                step = tracking.step(entry.track, observation, self._policy)
+                if await self.dispatcher.apply(entry, step):
+                    self._forget(entry)
+                else:
+                    entry.next_poll_at = self._clock() + step.next_poll_in_s
 
     def _forget(self, entry: JobEntry) -> None:
         if self.entries.get(entry.uuid) is entry:

@@ -71,6 +71,8 @@ class Watch:
     key: str = ""
     #: An expiry or checkpoint of this watch is under way.
     busy: bool = False
+    #: A failed expiry or checkpoint is not retried before this time.
+    not_before: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -130,6 +132,7 @@ class Dispatcher:
             while pending := list(entry.watches.values()):
                 await asyncio.gather(*(self.replay_latest(entry, w) for w in pending))
                 await asyncio.gather(*(self._ack(entry, w) for w in pending))
+                log.info("watch.ended", outcome=step.track.progress.state, watches=len(pending))
             return True
         if step.outcome is not None:
             body = {"error": step.error or {}}
@@ -204,6 +207,7 @@ class Dispatcher:
 
     async def _publish(self, envelope: Envelope, watches: list[Watch]) -> None:
         await self._outbox.publish_event(envelope)
+        log.info("event.published", routing_key=envelope.routing_key, id=envelope.message_id)
         self._on_event(envelope)
         replies = [
             self._outbox.publish_reply(envelope.for_watch(w.delivery.correlation_id), reply_to)

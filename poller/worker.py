@@ -14,6 +14,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from poller import checkpoint
 from poller.broker import Broker, Delivery
@@ -22,7 +23,7 @@ from poller.config import Settings
 from poller.errors import BrokerError, InvalidRequest
 from poller.events import Envelope
 from poller.metrics import Metrics
-from poller.models import parse_watch_request
+from poller.models import WatchRequest, parse_watch_request
 from poller.ontap import OntapClient, batch_size, build_http_client
 from poller.scheduler import ClusterScheduler
 from poller.tracking import Policy
@@ -149,7 +150,15 @@ class Worker:
         except InvalidRequest as exc:
             await self._dead_letter(delivery, exc)
             return
+        # Every line logged about this watch, here and in what it spawns, names its job and cluster.
+        with bound_contextvars(job=request.uuid, cluster=request.cluster):
+            await self._start_watch(delivery, request, saved)
+
+    async def _start_watch(
+        self, delivery: Delivery, request: WatchRequest, saved: Checkpoint | None
+    ) -> None:
         now = self._clock()
+        resumed = saved is not None
         if saved is None:
             timeout_s = request.timeout_s or self.settings.watch_timeout
             saved = Checkpoint(watch_id=str(uuidlib.uuid4()), deadline_at=now + timeout_s)
@@ -164,13 +173,16 @@ class Worker:
         )
         scheduler = self.schedulers[request.cluster]
         entry, joined = scheduler.add(watch, saved.progress)
-        log.debug(
-            "watch.received",
-            job=request.uuid,
-            cluster=request.cluster,
-            resumed=raw is not None,
-            joined=joined,
-        )
+        if resumed:
+            # A checkpoint coming back: the same watch, one line per change of state.
+            log.debug("watch.resumed", joined=joined, state=saved.progress.state)
+        else:
+            log.info(
+                "watch.started",
+                joined=joined,
+                timeout_s=round(saved.deadline_at - now, 3),
+                correlation_id=delivery.correlation_id,
+            )
         if joined:
             await scheduler.dispatcher.replay_latest(entry, watch)
 
