@@ -187,3 +187,66 @@ async def test_demo_prints_three_outcomes_and_exits_0(amqp_url) -> None:
     for key in ("job.demo.success", "job.demo.failure", "watch.demo.not_found"):
         assert key in out
     assert out.strip().endswith("done: success, failure, not_found")
+
+
+async def test_three_terminals_simulate_run_watch(names, amqp_url, tmp_path) -> None:
+    """`simulate`, `run` and `watch --wait` as three processes: the job's events, exit 0."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = tmp_path / "password"
+    secret.write_text("netapp1!\n")  # as a Docker secret: with its trailing newline
+    simulate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "simulate",
+        "--port",
+        str(port),
+        env=cli_env(amqp_url, names),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    run_env = cli_env(
+        amqp_url,
+        names,
+        POLLER_ONTAP_URL=f"http://127.0.0.1:{port}",
+        POLLER_ONTAP_USERNAME="admin",
+        POLLER_ONTAP_PASSWORD_FILE=str(secret),
+        POLLER_POLL_INTERVAL_MIN="0.2",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "run",
+        env=run_env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(100):
+                try:
+                    created = await http.post("/_sim/jobs", json={})
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the simulator did not start")
+        job = created.json()["uuid"]
+        from tests.integration.conftest import wait_for_queue
+
+        await wait_for_queue(amqp_url, names.watch_queue)
+        code, out, _ = await run_cli("watch", job, "--wait", env=cli_env(amqp_url, names))
+    finally:
+        for process in (worker, simulate):
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 15)
+    assert code == 0, out
+    assert "job.default.success" in out
+    assert worker.returncode == 0
