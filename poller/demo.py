@@ -85,11 +85,13 @@ async def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
             )
         finally:
             stop.set()
-            await worker
-            await delete_queues(
-                connection, [demo_settings.watch_queue, demo_settings.dead_letter_queue]
-            )
-            await connection.close()
+            try:
+                await worker
+            finally:
+                await delete_queues(
+                    connection, [demo_settings.watch_queue, demo_settings.dead_letter_queue]
+                )
+                await connection.close()
     outcomes = [final.outcome for final in finals]
     print(f"done: {', '.join(outcomes)}", file=out)
     return 0 if outcomes == ["success", "failure", "not_found"] else 1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Generator, MutableMapping
 from typing import Any, Final
 
 import structlog
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from poller.errors import ConfigError
 from poller.metrics import Metrics
 
 _SECRET_KEYS: Final = re.compile(r"pass(word)?|secret|authorization|token", re.IGNORECASE)
@@ -85,25 +87,52 @@ def create_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> Starlette:
     )
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # The worker owns SIGTERM and SIGINT (graceful stop); uvicorn must not take them over.
+        yield
+
+
 class OpsServer:
     """uvicorn serving the ops app inside the worker's event loop."""
 
     def __init__(self, app: Starlette, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a sidecar's probes come from outside the container
         config = uvicorn.Config(
-            app, host=host, port=port, lifespan="off", log_level="warning", access_log=False
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            log_config=None,
+            access_log=False,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
+        self._where = f"{host}:{port}"
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Serve in the background; return the bound port (useful with port 0)."""
-        self._task = asyncio.create_task(self._server.serve())
+        """Serve in the background; return the bound port (useful with port 0).
+
+        Raises ``ConfigError`` naming ``http_port`` when the port cannot be bound.
+        """
+        self._task = asyncio.create_task(self._serve())
         while not self._server.started:
             if self._task.done():
-                await self._task  # re-raises the bind error
-                raise OSError("ops server stopped before it started")
+                await self._task  # raises why it stopped
+                raise ConfigError(f"http_port: the ops server on {self._where} stopped at start")
             await asyncio.sleep(0.01)
         return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; a worker reports it as configuration.
+            raise ConfigError(
+                f"http_port: cannot listen on {self._where} (in use?); choose another port, "
+                "or 0 to turn the ops endpoints off"
+            ) from None
 
     async def stop(self) -> None:
         if self._task is None:
