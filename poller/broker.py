@@ -29,7 +29,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from poller.errors import BrokerError, NotRouted
@@ -65,6 +66,7 @@ class Delivery:
         self.content_type: str | None = message.content_type
         self.content_encoding: str | None = message.content_encoding
         self.redelivered: bool = bool(message.redelivered)
+        self._settled = False
 
     @property
     def stale(self) -> bool:
@@ -75,8 +77,17 @@ class Delivery:
             return True
 
     async def ack(self) -> None:
+        """Acknowledge once; later calls do nothing.
+
+        Two parts of the worker may settle one delivery at about the same time (a checkpoint and
+        the arrival of its own copy). A second ``basic.ack`` of one tag makes the broker close the
+        channel, and with it every other watch held on it, so the flag is set before the await.
+        """
+        if self._settled:
+            return
         if self.stale:
             raise BrokerError("channel closed; the broker redelivers this request")
+        self._settled = True
         try:
             await self._message.ack()
         except _BROKER_FAILURES as exc:
@@ -367,7 +378,9 @@ async def connect(url: str, *, name: str = APP_ID, wait_s: float = 0.0) -> Abstr
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(_BROKER_FAILURES),
         stop=stop_after_delay(wait_s),
-        wait=wait_exponential_jitter(initial=0.5, max=5.0),
+        # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9.2, `multiplier`
+        # does not exist before it, and pyproject allows both.
+        wait=wait_exponential(multiplier=0.5, max=5.0) + wait_random(0, 1.0),
         before_sleep=lambda state: log.warning(
             "broker.connect_retrying",
             attempt=state.attempt_number,

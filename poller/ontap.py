@@ -25,7 +25,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from poller.config import ClusterSettings
@@ -150,10 +151,10 @@ class OntapClient:
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self._retry.initial_wait_s,
-            max=self._retry.max_wait_s,
-            jitter=self._retry.jitter_s,
+        # wait_exponential_jitter's `initial` warns on tenacity 9.2; this works on 8.2 and later.
+        backoff = (
+            wait_exponential(multiplier=self._retry.initial_wait_s, max=self._retry.max_wait_s)
+            + wait_random(0, self._retry.jitter_s)
         )(state)
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after_s if isinstance(exc, _Transient) else None
