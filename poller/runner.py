@@ -45,16 +45,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         install_stop_signals(stop)
     metrics = Metrics()
-    broker = await Broker.connect(
-        settings.amqp_url, topology_of(settings), wait_s=BROKER_STARTUP_WAIT_S
-    )
-    worker = Worker(settings, broker, build_clients(settings, metrics), metrics=metrics)
+    worker: Worker | None = None
     ops = None
     if settings.http_port:
-        ops = OpsServer(create_ops_app(metrics, lambda: worker.ready), settings.http_port)
+        # Up before the broker: /healthz answers (and /readyz says 503) while RabbitMQ is awaited.
+        ops = OpsServer(
+            create_ops_app(metrics, lambda: worker is not None and worker.ready),
+            settings.http_port,
+        )
         port = await ops.start()
         log.info("ops.listening", port=port)
     try:
+        broker = await Broker.connect(
+            settings.amqp_url, topology_of(settings), wait_s=BROKER_STARTUP_WAIT_S
+        )
+        worker = Worker(settings, broker, build_clients(settings, metrics), metrics=metrics)
         await worker.run(stop)
     finally:
         if ops is not None:
