@@ -1,0 +1,188 @@
+"""Logs: JSON lines off a terminal, console on one, no secrets, job and cluster on every watch line."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import structlog
+from structlog.testing import capture_logs
+from structlog.typing import EventDict
+
+from poller.events import Envelope
+from poller.models import WatchRequest
+from poller.ontap import OntapClient, RetryPolicy
+from poller.ops import REDACTED, configure_logging
+from poller.scheduler import ClusterScheduler
+from poller.simulator import FaultPlan, Simulator, create_app
+from poller.tracking import Policy, Progress
+from poller.watches import Dispatcher, Watch
+
+USER, PASSWORD = "admin", "s3cr3t-Pa55w0rd-7f3a"
+
+
+class FakeTTY(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def test_json_renders_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """log_format=json: each line is a JSON object with event, level and an ISO timestamp."""
+    configure_logging("json")
+    structlog.get_logger("t").info("watch.started", job="j1", cluster="c1")
+    line = capsys.readouterr().err.strip()
+    record = json.loads(line)
+    assert record["event"] == "watch.started"
+    assert record["level"] == "info"
+    assert record["job"] == "j1"
+    assert record["timestamp"].endswith("Z")
+
+
+def test_console_is_readable_not_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """log_format=console: a line a person reads, with the event name and its fields."""
+    configure_logging("console")
+    structlog.get_logger("t").info("watch.started", job="j1")
+    line = capsys.readouterr().err.strip()
+    assert "watch.started" in line
+    assert "job" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
+
+
+@pytest.mark.parametrize(("stream", "is_json"), [(io.StringIO(), True), (FakeTTY(), False)])
+def test_auto_picks_console_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, stream: io.StringIO, is_json: bool
+) -> None:
+    """log_format=auto: JSON in a container (no TTY), console on a terminal."""
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("auto")
+    structlog.get_logger("t").info("worker.started")
+    line = stream.getvalue().strip()
+    assert line.startswith("{") is is_json
+
+
+def test_secrets_never_reach_the_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """Password-like keys, Authorization headers and URL credentials are redacted."""
+    configure_logging("json")
+    structlog.get_logger("t").warning(
+        "broker.connect_retrying",
+        password=PASSWORD,
+        authorization=f"Basic {PASSWORD}",
+        url=f"amqp://user:{PASSWORD}@rabbit:5672/",
+    )
+    out = capsys.readouterr().err
+    assert PASSWORD not in out
+    record = json.loads(out)
+    assert record["password"] == REDACTED
+    assert record["url"] == f"amqp://{REDACTED}@rabbit:5672/"
+
+
+@dataclass
+class FakeDelivery:
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    stale: bool = False
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def ack(self) -> None:
+        self.acked.set()
+
+
+class FakeOutbox:
+    async def publish_event(self, envelope: Envelope) -> None:
+        pass
+
+    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
+        pass
+
+    async def requeue_watch(self, watch: Watch, value: str) -> None:
+        pass
+
+
+def scheduler_for(sim: Simulator) -> ClusterScheduler:
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(sim)),
+        base_url="http://cluster.test",
+        auth=httpx.BasicAuth(USER, PASSWORD),
+    )
+    client = OntapClient("c1", http, retry=RetryPolicy.instant(attempts=2))
+    return ClusterScheduler(
+        client,
+        Dispatcher("c1", FakeOutbox()),
+        Policy(poll_interval_min_s=0.01, poll_interval_max_s=0.02),
+        batch=False,
+        batch_size=1,
+        max_concurrent_requests=2,
+        checkpoint_interval_s=600,
+    )
+
+
+async def test_every_line_of_a_watch_names_its_job_and_cluster() -> None:
+    """Retries, a failed call, the event and the end of a watch all carry job and cluster."""
+    sim = Simulator(username=USER, password=PASSWORD)
+    job = sim.create_job(timeline=[{"after": 0, "state": "success"}])
+    sim.faults = FaultPlan(error_rate=1.0, error_status=503)
+    scheduler = scheduler_for(sim)
+    delivery = FakeDelivery()
+    watch = Watch(
+        "w1", WatchRequest(job, "c1", None), delivery, deadline_at=1e12, held_since=time.time()
+    )
+
+    logged: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def watch_for(_logger: object, _name: str, entry: EventDict) -> EventDict:
+        if entry["event"] == "ontap.call_failed":
+            sim.faults = FaultPlan()  # ONTAP recovers; the next poll sees the job's end
+        logged[entry["event"]].set()
+        return entry
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars, watch_for]) as logs:
+        scheduler.add(watch, Progress())
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            async with asyncio.timeout(10):
+                await logged["ontap.call_failed"].wait()
+                await logged["watch.ended"].wait()
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+
+    assert delivery.acked.is_set()
+    names = [entry["event"] for entry in logs]
+    assert {"ontap.call_retrying", "ontap.call_failed", "event.published", "watch.ended"} <= set(
+        names
+    )
+    unbound = [entry for entry in logs if entry.get("job") != job or entry.get("cluster") != "c1"]
+    assert unbound == []
+
+
+def test_event_names_are_stable_dotted_identifiers() -> None:
+    """Every event name the package logs is lower-case dotted words, never prose."""
+    import re
+    from pathlib import Path
+
+    import poller
+
+    pattern = re.compile(r"\blog\.(?:debug|info|warning|error|exception)\(\s*\"([^\"]+)\"")
+    names: set[str] = set()
+    for path in Path(poller.__file__).parent.rglob("*.py"):
+        names.update(pattern.findall(path.read_text(encoding="utf-8")))
+    assert names, "no log call found: the pattern no longer matches the code"
+    bad = sorted(n for n in names if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", n))
+    assert bad == []
