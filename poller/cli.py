@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--password", default="netapp1!", help="basic-auth password (default netapp1!)"
     )
     simulate.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the password from FILE instead, e.g. a Docker secret (trailing newline ignored)",
+    )
+    simulate.add_argument(
         "--purge-after",
         type=float,
         default=300.0,
@@ -119,7 +124,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from poller.simulator import Simulator, serve
 
-    sim = Simulator(username=args.username, password=args.password, purge_after_s=args.purge_after)
+    password = args.password
+    if args.password_file is not None:
+        try:
+            with open(args.password_file, encoding="utf-8") as handle:
+                password = handle.read().rstrip("\r\n")
+        except OSError as exc:
+            print(f"ontap-job-poller: --password-file: {exc}", file=sys.stderr)
+            return EX_CONFIG
+    sim = Simulator(username=args.username, password=password, purge_after_s=args.purge_after)
     print(f"simulated ONTAP jobs API on http://{args.host}:{args.port}", file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, sim))
