@@ -21,13 +21,13 @@ EXIT_NOT_PUBLISHED = 3
 
 
 def create_job() -> str:
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - the simulator's http URL from compose.yaml
         f"{SIMULATOR}/_sim/jobs",
         data=json.dumps({"description": "volume create", "timeline": TIMELINE}).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - a fixed http URL
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - same URL
         return str(json.load(answer)["uuid"])
 
 
