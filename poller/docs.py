@@ -9,6 +9,7 @@ The configuration tables come from ``Settings.model_fields`` and ``ClusterSettin
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import types
@@ -154,9 +155,12 @@ def render_document(text: str) -> str:
         pattern = _block_pattern(name)
         if not pattern.search(text):
             raise ValueError(f"docs: no generated block {name!r} found")
-        body = render()
-        text = pattern.sub(lambda m: f"{m[1]}\n{body}\n{m[3]}", text)
+        text = pattern.sub(functools.partial(_fill, body=render()), text)
     return text
+
+
+def _fill(match: re.Match[str], *, body: str) -> str:
+    return f"{match[1]}\n{body}\n{match[3]}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

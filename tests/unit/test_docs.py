@@ -24,7 +24,9 @@ def test_operations_md_tables_are_what_the_code_renders() -> None:
 def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
     """`python -m poller.docs --check` exits 1 on a stale copy and 0 once it is rewritten."""
     stale = tmp_path / "operations.md"
-    text = OPERATIONS.read_text(encoding="utf-8").replace("| `amqp_url` | `POLLER_AMQP_URL` |", "| `amqp_url` | `POLLER_AMQP` |")
+    text = OPERATIONS.read_text(encoding="utf-8").replace(
+        "| `amqp_url` | `POLLER_AMQP_URL` |", "| `amqp_url` | `POLLER_AMQP` |"
+    )
     stale.write_text(text, encoding="utf-8")
     assert docs.main(["--check", "--path", str(stale)]) == 1
     assert docs.main(["--path", str(stale)]) == 0
