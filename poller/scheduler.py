@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -33,6 +34,8 @@ _IDLE_WAKE_S = 5.0
 #: so that the copies coming back find its state, its backoff and its latest event.
 _EMPTY_GRACE_S = 30.0
 _ACTION_RETRY_S = 2.0
+#: How long the ids of ended watches are remembered, to settle their late copies.
+_ENDED_MEMORY_S = 600.0
 
 
 class ClusterScheduler:
@@ -78,6 +81,11 @@ class ClusterScheduler:
             # collection call read the whole burst.
             entry = JobEntry(uuid, Track(progress=progress), self._clock() + self._coalesce_s)
             self.entries[uuid] = entry
+        elif progress.changes > entry.track.progress.changes and not entry.lock.locked():
+            # This copy carries more of the job's history than the entry (its older twin came
+            # first, or another worker polled the job): go on from it, so that later changes get
+            # the n, hence the ce-id, that its earlier events were published with.
+            entry.track = replace(entry.track, progress=progress)
         previous = entry.watches.get(watch.watch_id)
         entry.watches[watch.watch_id] = watch
         entry.empty_since = None
@@ -87,6 +95,13 @@ class ClusterScheduler:
             self._spawn(self.dispatcher.release(entry, previous))
         self._wake.set()
         return entry, joined
+
+    def settle_if_ended(self, watch: Watch) -> bool:
+        """True when ``watch`` already ended here: its late copy is then settled, not polled."""
+        if not self.dispatcher.has_ended(watch.watch_id):
+            return False
+        self._spawn(self.dispatcher.settle_late_copy(watch))
+        return True
 
     def wake(self) -> None:
         self._wake.set()
@@ -143,13 +158,16 @@ class ClusterScheduler:
                 times.append(entry.next_poll_at)
             for watch in entry.watches.values():
                 if not watch.busy:
-                    due = min(watch.deadline_at, watch.held_since + self._checkpoint_interval_s)
+                    due = watch.held_since + self._checkpoint_interval_s
+                    if not entry.in_flight:  # else the poll's end wakes the loop
+                        due = min(due, watch.deadline_at)
                     times.append(max(due, watch.not_before))
         return min(times)
 
     def _housekeeping(self, now: float) -> None:
         """Forget deliveries of dead channels; expire and checkpoint watches that are due."""
         watches = 0
+        self.dispatcher.forget_ended(before=now - _ENDED_MEMORY_S)
         for entry in list(self.entries.values()):
             for watch in list(entry.watches.values()):
                 if watch.delivery.stale:
@@ -157,7 +175,9 @@ class ClusterScheduler:
                     del entry.watches[watch.watch_id]
                 elif watch.busy or now < watch.not_before:
                     pass
-                elif watch.deadline_at <= now:
+                elif watch.deadline_at <= now and not entry.in_flight:
+                    # Past the deadline with a poll under way, the poll's end comes first: it tells
+                    # "ONTAP still answered" (timeout) from "the last attempts all failed" (error).
                     self._spawn(self._under_lock(entry, watch, self.dispatcher.expire))
                 elif now - watch.held_since >= self._checkpoint_interval_s:
                     self._spawn(self._under_lock(entry, watch, self.dispatcher.checkpoint))

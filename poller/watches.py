@@ -103,6 +103,8 @@ class Dispatcher:
         self._outbox = outbox
         self._clock = clock
         self._on_event = on_event or (lambda _envelope: None)
+        #: Watches that ended here, by id, with when: a late copy of one is settled, not resumed.
+        self._ended: dict[str, float] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -130,6 +132,7 @@ class Dispatcher:
         if step.final:
             # Watches may join while the final event is being confirmed: loop until none is left.
             while pending := list(entry.watches.values()):
+                self._ended.update(dict.fromkeys((w.watch_id for w in pending), self._clock()))
                 await asyncio.gather(*(self.replay_latest(entry, w) for w in pending))
                 await asyncio.gather(*(self._ack(entry, w) for w in pending))
                 log.info("watch.ended", outcome=step.track.progress.state, watches=len(pending))
@@ -168,6 +171,7 @@ class Dispatcher:
         except BrokerError as exc:
             log.warning("event.publish_failed", job=entry.uuid, outcome=outcome, error=str(exc))
             return False
+        self._ended[watch.watch_id] = self._clock()
         await self._ack(entry, watch)
         log.info("watch.ended", job=entry.uuid, cluster=self.cluster, outcome=outcome.value)
         return True
@@ -200,6 +204,31 @@ class Dispatcher:
             )
         except BrokerError as exc:
             log.warning("watch.replay_failed", job=entry.uuid, error=str(exc))
+
+    def has_ended(self, watch_id: str) -> bool:
+        return watch_id in self._ended
+
+    def forget_ended(self, before: float) -> None:
+        """Drop the record of watches that ended before ``before`` (oldest first, in order)."""
+        while self._ended:
+            watch_id, ended_at = next(iter(self._ended.items()))
+            if ended_at >= before:
+                return
+            del self._ended[watch_id]
+
+    async def settle_late_copy(self, watch: Watch) -> None:
+        """A copy of a watch whose final event is already confirmed: acknowledge it, publish nothing.
+
+        Such a copy exists when a checkpoint's old delivery was given back to the queue (its ack
+        lost with a channel); resuming it would poll again from older progress and could name the
+        job's final change with another ``n``, hence another ``ce-id``.
+        """
+        if watch.delivery.stale:
+            return
+        try:
+            await watch.delivery.ack()
+        except BrokerError as exc:
+            log.warning("watch.ack_failed", job=watch.request.uuid, error=str(exc))
 
     async def release(self, entry: JobEntry, watch: Watch) -> None:
         """Acknowledge a delivery superseded by a newer copy of the same watch."""

@@ -172,6 +172,9 @@ class Worker:
             key=delivery.correlation_id or delivery.message_id or saved.watch_id,
         )
         scheduler = self.schedulers[request.cluster]
+        if resumed and scheduler.settle_if_ended(watch):
+            log.debug("watch.late_copy_settled", state=saved.progress.state)
+            return
         entry, joined = scheduler.add(watch, saved.progress)
         if resumed:
             # A checkpoint coming back: the same watch, one line per change of state.
