@@ -22,6 +22,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
@@ -199,12 +200,21 @@ class Broker:
         )
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Call ``callback`` each time the robust connection has been re-established."""
+        """Call ``callback`` each time the consuming channel is open again.
+
+        That is after the connection was re-established, and also after the broker closed the
+        channel alone (a consumer timeout, a channel error): either way every delivery held on the
+        old channel has gone back to the queue.
+        """
 
         async def reconnected(*_args: Any) -> None:
             await callback()
 
-        self.connection.reconnect_callbacks.add(reconnected)
+        if isinstance(self._channel, AbstractRobustChannel):
+            # A robust channel is reopened after a connection recovery too: one callback covers both.
+            self._channel.reopen_callbacks.add(reconnected)
+        else:
+            self.connection.reconnect_callbacks.add(reconnected)
 
     async def close(self) -> None:
         try:
