@@ -202,6 +202,11 @@ def _decode(response: httpx.Response) -> Any:
     if status >= 500 or status in _TRANSIENT_STATUSES:
         error = _error_of(response) or error_body(f"HTTP {status}")
         raise _Transient(error, retry_after_s=_retry_after(response.headers.get("Retry-After")))
+    if 300 <= status < 400:
+        # Never followed, so that only the configured URL is ever called; a redirect means that
+        # URL is wrong (http for https, say), which no retry fixes. Its body is not ONTAP's.
+        error = error_body(f"HTTP {status}: redirect not followed; check the cluster's url")
+        raise OntapRefused(error["message"], error=error, status=status)
     if status == 404:
         error = _error_of(response) or error_body("entry doesn't exist", code="4", target="uuid")
         raise JobNotFound(error.get("message", "not found"), error=error, status=status)

@@ -1,0 +1,284 @@
+"""The ONTAP client against httpx.MockTransport: retries, Retry-After, error mapping, queries."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from poller.config import ClusterSettings
+from poller.errors import JobNotFound, OntapRefused, OntapUnavailable
+from poller.models import JOB_FIELDS
+from poller.ontap import OntapClient, RetryPolicy, build_http_client
+
+BASE = "https://cluster1.example.com"
+JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
+OTHER = "2cd8a442-86d1-11e0-ae1c-123478563412"
+RECORD = {"uuid": JOB, "state": "running", "message": "Working", "description": "vol create"}
+NOT_FOUND = {"message": "entry doesn't exist", "code": "4", "target": "uuid", "arguments": []}
+NOT_AUTHORIZED = {"message": "not authorized for that command", "code": "6"}
+#: Tiny real waits, so that a computed sleep is visible without making the tests slow.
+SMALL = RetryPolicy(attempts=4, total_s=30.0, initial_wait_s=0.01, max_wait_s=0.05, jitter_s=0.0)
+
+Answer = httpx.Response | Exception
+
+
+class Ontap:
+    """A scripted ONTAP: answers in order (the last one repeats), every request kept."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def client(self, retry: RetryPolicy = SMALL) -> OntapClient:
+        http = httpx.AsyncClient(
+            base_url=BASE, transport=httpx.MockTransport(self), auth=("admin", "pw")
+        )
+        return OntapClient("c1", http, retry=retry)
+
+
+def ok(body: Any = RECORD) -> httpx.Response:
+    return httpx.Response(200, json=body)
+
+
+def error(status: int, body: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, json={"error": body or {"message": "x", "code": "1"}}, headers=headers
+    )
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every sleep tenacity asks for, recorded instead of slept (asyncio.sleep is its clock)."""
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(seconds: float, result: Any = None) -> Any:
+        asked.append(seconds)
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", record)
+    return asked
+
+
+TRANSIENT: list[tuple[str, Answer]] = [
+    ("500", error(500)),
+    ("502", error(502)),
+    ("503", error(503, **{"Retry-After": "0"})),
+    ("504", error(504)),
+    ("429", error(429, **{"Retry-After": "0"})),
+    ("408", error(408)),
+    ("connection refused", httpx.ConnectError("connection refused")),
+    ("connect timeout", httpx.ConnectTimeout("timed out")),
+    ("slow answer", httpx.ReadTimeout("timed out")),
+    ("dropped connection", httpx.RemoteProtocolError("peer closed connection")),
+    ("reset", httpx.ReadError("connection reset by peer")),
+    ("HTML from a proxy", httpx.Response(200, text="<html>gateway</html>")),
+]
+
+
+@pytest.mark.parametrize(("kind", "failure"), TRANSIENT, ids=[k for k, _ in TRANSIENT])
+async def test_each_transient_failure_is_retried(
+    kind: str, failure: Answer, sleeps: list[float]
+) -> None:
+    """One failure, then the job: the caller gets the job, after one retry with a backoff."""
+    ontap = Ontap(failure, ok())
+
+    job = await ontap.client().get_job(JOB)
+
+    assert job.state == "running", kind
+    assert len(ontap.requests) == 2
+    assert len(sleeps) == 1
+
+
+@pytest.mark.parametrize(("kind", "failure"), TRANSIENT, ids=[k for k, _ in TRANSIENT])
+async def test_attempts_are_bounded(kind: str, failure: Answer) -> None:
+    """A failure that never ends costs exactly `attempts` calls, then OntapUnavailable."""
+    ontap = Ontap(failure)
+
+    with pytest.raises(OntapUnavailable) as caught:
+        await ontap.client(RetryPolicy.instant(attempts=3)).get_job(JOB)
+
+    assert len(ontap.requests) == 3, kind
+    assert caught.value.error["message"]
+
+
+async def test_unavailable_carries_ontaps_own_error_body() -> None:
+    """When ONTAP described its failure, the composed watch.error body is ONTAP's."""
+    body = {"message": "Cluster is busy", "code": "2", "target": "cluster"}
+    ontap = Ontap(error(503, body))
+
+    with pytest.raises(OntapUnavailable) as caught:
+        await ontap.client(RetryPolicy.instant(attempts=2)).get_job(JOB)
+
+    assert caught.value.error == body
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("retry_after", ["7", "30"])
+async def test_retry_after_in_seconds_is_never_cut_short(
+    status: int, retry_after: str, sleeps: list[float]
+) -> None:
+    """The wait before the next attempt is at least Retry-After, far above the backoff."""
+    ontap = Ontap(error(status, **{"Retry-After": retry_after}), ok())
+
+    await ontap.client().get_job(JOB)
+
+    assert len(sleeps) == 1
+    assert sleeps[0] >= float(retry_after)
+
+
+async def test_retry_after_as_an_http_date_is_honoured(sleeps: list[float]) -> None:
+    """Retry-After may be a date: the wait lasts at least until then."""
+    when = datetime.now(UTC) + timedelta(seconds=20)
+    ontap = Ontap(
+        error(503, **{"Retry-After": email.utils.format_datetime(when, usegmt=True)}), ok()
+    )
+
+    await ontap.client().get_job(JOB)
+
+    assert sleeps[0] >= 18  # the date has whole seconds; the test itself takes a little time
+
+
+async def test_without_retry_after_the_backoff_grows_and_stays_bounded(sleeps: list[float]) -> None:
+    """Exponential backoff between attempts, capped by max_wait_s (jitter 0 here)."""
+    ontap = Ontap(error(500))
+    policy = RetryPolicy(attempts=5, total_s=30, initial_wait_s=0.01, max_wait_s=0.03, jitter_s=0)
+
+    with pytest.raises(OntapUnavailable):
+        await ontap.client(policy).get_job(JOB)
+
+    assert sleeps == sorted(sleeps)
+    assert sleeps[0] >= 0.01
+    assert max(sleeps) <= 0.03
+    assert len(sleeps) == 4  # between five attempts
+
+
+async def test_jitter_spreads_the_waits(sleeps: list[float]) -> None:
+    """With jitter, waits of equal attempts differ: clients that failed together retry apart."""
+    policy = RetryPolicy(
+        attempts=2, total_s=30, initial_wait_s=0.001, max_wait_s=0.001, jitter_s=0.05
+    )
+    for _ in range(10):
+        await Ontap(error(500), ok()).client(policy).get_job(JOB)
+
+    assert len(set(sleeps)) > 1
+    assert all(0.001 <= s <= 0.051 for s in sleeps)
+
+
+async def test_404_is_job_not_found_with_ontaps_body() -> None:
+    """404: JobNotFound, carrying ONTAP's documented error object; not retried."""
+    ontap = Ontap(error(404, NOT_FOUND))
+
+    with pytest.raises(JobNotFound) as caught:
+        await ontap.client().get_job(JOB)
+
+    assert caught.value.error == NOT_FOUND
+    assert caught.value.status == 404
+    assert len(ontap.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_and_403_are_refusals_with_ontaps_body(status: int) -> None:
+    """Refused credentials: OntapRefused with ONTAP's error object, at once, no retry."""
+    ontap = Ontap(error(status, NOT_AUTHORIZED))
+
+    with pytest.raises(OntapRefused) as caught:
+        await ontap.client().get_job(JOB)
+
+    assert not isinstance(caught.value, JobNotFound)
+    assert caught.value.error == NOT_AUTHORIZED
+    assert caught.value.status == status
+    assert len(ontap.requests) == 1
+
+
+async def test_a_refusal_without_a_body_gets_a_composed_one() -> None:
+    """A bare 403 (a proxy's, say) still yields an error object in ONTAP's shape."""
+    ontap = Ontap(httpx.Response(403, text="Forbidden"))
+
+    with pytest.raises(OntapRefused) as caught:
+        await ontap.client().get_job(JOB)
+
+    assert set(caught.value.error) >= {"message", "code"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirects_are_never_followed(status: int) -> None:
+    """A redirect elsewhere is refused: one request, to the configured host only."""
+    ontap = Ontap(
+        httpx.Response(status, headers={"Location": "https://evil.example.net/api/cluster/jobs"})
+    )
+
+    with pytest.raises(OntapRefused) as caught:
+        await ontap.client().get_job(JOB)
+
+    assert [r.url.host for r in ontap.requests] == ["cluster1.example.com"]
+    assert "redirect" in caught.value.error["message"]
+
+
+def test_the_real_client_does_not_follow_redirects_and_verifies_tls() -> None:
+    """build_http_client: basic auth, TLS verified by default, redirects off, the cluster's URL."""
+    settings = ClusterSettings(url=BASE, username="admin", password="pw")
+    client = build_http_client(settings)
+
+    assert client.follow_redirects is False
+    assert isinstance(client.auth, httpx.BasicAuth)
+    assert str(client.base_url).rstrip("/") == BASE
+    asyncio.run(client.aclose())
+
+
+async def test_single_get_asks_for_every_documented_field() -> None:
+    """GET /api/cluster/jobs/{uuid}?fields=<all of them>, with basic auth."""
+    ontap = Ontap(ok())
+
+    await ontap.client().get_job(JOB)
+
+    (request,) = ontap.requests
+    assert request.url.path == f"/api/cluster/jobs/{JOB}"
+    assert set(request.url.params["fields"].split(",")) == set(JOB_FIELDS)
+    assert request.headers["Authorization"].startswith("Basic ")
+
+
+async def test_collection_call_query() -> None:
+    """GET /api/cluster/jobs?uuid=a|b&fields=...&max_records=2; absent jobs are just absent."""
+    ontap = Ontap(ok({"records": [RECORD], "num_records": 1}))
+
+    jobs = await ontap.client().get_jobs([JOB, OTHER])
+
+    (request,) = ontap.requests
+    assert request.url.path == "/api/cluster/jobs"
+    assert request.url.params["uuid"] == f"{JOB}|{OTHER}"
+    assert set(request.url.params["fields"].split(",")) == set(JOB_FIELDS)
+    assert request.url.params["max_records"] == "2"
+    assert list(jobs) == [JOB]
+    assert jobs[JOB].raw == RECORD
+
+
+async def test_collection_skips_unreadable_records_and_retries_unreadable_answers() -> None:
+    """A record without uuid/state is skipped; an answer without records is unavailable."""
+    broken = {"records": [{"uuid": OTHER}, RECORD]}
+    assert list(await Ontap(ok(broken)).client().get_jobs([JOB, OTHER])) == [JOB]
+
+    ontap = Ontap(ok({"no": "records"}))
+    with pytest.raises(OntapUnavailable):
+        await ontap.client(RetryPolicy.instant(attempts=2)).get_jobs([JOB])
+
+
+async def test_collection_errors_map_like_single_calls() -> None:
+    """401 on the collection endpoint is a refusal too, not retried."""
+    ontap = Ontap(error(401, NOT_AUTHORIZED))
+
+    with pytest.raises(OntapRefused):
+        await ontap.client().get_jobs([JOB, OTHER])
+    assert len(ontap.requests) == 1
