@@ -1,0 +1,146 @@
+"""Deterministic ce-ids: the same change, the same id, after a restart, a redelivery, elsewhere."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from poller import checkpoint
+from poller.checkpoint import Checkpoint
+from poller.events import change_id, job_event, progress_id, watch_event, watch_id
+from poller.models import Job
+from poller.tracking import Outcome, Policy, Seen, Track, step
+
+JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+POLICY = Policy(poll_interval_min_s=1.0, poll_interval_max_s=30.0)
+LIFE = ["queued", "running", "paused", "running", "success"]
+
+
+def contract_id(cluster: str, job: str, n: int, state: str) -> str:
+    """The contract's formula, written out apart from the package."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job}/{n}/{state}"))
+
+
+def seen(state: str, message: str | None = None) -> Seen:
+    raw: dict[str, Any] = {"uuid": JOB, "state": state}
+    if message is not None:
+        raw["message"] = message
+    return Seen(Job(raw))
+
+
+def ids_from(track: Track, states: list[str], *, at: datetime = T0) -> tuple[Track, list[str]]:
+    """Poll ``states`` in order from ``track`` as one worker would; the ce-ids it publishes."""
+    ids = []
+    for n, state in enumerate(states):
+        result = step(track, seen(state, message=f"poll {n}"), POLICY)
+        if result.change is not None:
+            ids.append(job_event("c1", JOB, result.change, at + timedelta(seconds=n)).message_id)
+        track = result.track
+    return track, ids
+
+
+@pytest.mark.parametrize(
+    ("cluster", "job", "n", "state"),
+    [
+        ("c1", JOB, 0, "queued"),
+        ("c1", JOB, 1, "running"),
+        ("cluster-2", JOB, 4, "success"),
+        ("c_3", "00000000-0000-0000-0000-000000000000", 7, "failure"),
+        ("c1", JOB, 2, "some-new-state"),
+    ],
+)
+def test_change_id_is_the_contract_formula(cluster: str, job: str, n: int, state: str) -> None:
+    """ce-id = uuid5(NAMESPACE_URL, "ontap-job-poller:<cluster>/<job>/<n>/<state>")."""
+    assert change_id(cluster, job, n, state) == contract_id(cluster, job, n, state)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("c2", JOB, 1, "running"),
+        ("c1", JOB.replace("1", "2"), 1, "running"),
+        ("c1", JOB, 2, "running"),
+        ("c1", JOB, 1, "paused"),
+    ],
+)
+def test_each_part_of_a_change_changes_its_id(other: tuple[str, str, int, str]) -> None:
+    """Cluster, job, n and state each name a different change."""
+    assert change_id(*other) != change_id("c1", JOB, 1, "running")
+
+
+def test_the_id_ignores_when_it_was_seen_and_what_else_the_job_says() -> None:
+    """Re-observed later, with another message, the same change keeps its id (and message_id)."""
+    first = step(Track(), seen("running", "10% done"), POLICY).change
+    again = step(Track(), seen("running", "95% done"), POLICY).change
+    assert first is not None and again is not None
+    a = job_event("c1", JOB, first, T0)
+    b = job_event("c1", JOB, again, T0 + timedelta(hours=1))
+    assert a.message_id == b.message_id == a.headers["ce-id"] == b.headers["ce-id"]
+    assert a.body != b.body
+
+
+def test_a_whole_life_uses_consecutive_n() -> None:
+    """queued, running, paused, running, success: n = 0..4, the repeated state kept apart."""
+    _, ids = ids_from(Track(), LIFE)
+    assert ids == [contract_id("c1", JOB, n, state) for n, state in enumerate(LIFE)]
+    assert len(set(ids)) == len(LIFE)
+
+
+@pytest.mark.parametrize("cut", range(1, len(LIFE)))
+def test_resuming_from_a_checkpoint_names_the_rest_alike(cut: int) -> None:
+    """Any worker resuming the checkpoint names every later change as the uninterrupted one."""
+    _, whole = ids_from(Track(), LIFE)
+    track, before = ids_from(Track(), LIFE[:cut])
+    value = checkpoint.encode(Checkpoint("w1", 1e12, track.progress))
+
+    resumed = Track(progress=checkpoint.decode(value.encode()).progress)
+    _, after = ids_from(resumed, LIFE[cut:], at=T0 + timedelta(days=1))
+
+    assert before + after == whole
+
+
+@pytest.mark.parametrize("cut", range(1, len(LIFE)))
+def test_a_redelivered_older_checkpoint_republishes_with_the_same_ids(cut: int) -> None:
+    """A copy one change behind re-publishes the last change under the id it already had."""
+    _, published = ids_from(Track(), LIFE[:cut])
+    behind, _ = ids_from(Track(), LIFE[: cut - 1])
+
+    _, again = ids_from(behind, [LIFE[cut - 1]])
+
+    assert again == published[-1:]
+
+
+def test_progress_ids_depend_on_the_message_and_the_state_change_they_follow() -> None:
+    """A progress event is named by its n, state and message; the same message again, same id."""
+    a = progress_id("c1", JOB, 1, "running", "50%")
+    assert a == progress_id("c1", JOB, 1, "running", "50%")
+    assert a != progress_id("c1", JOB, 1, "running", "60%")
+    assert a != progress_id("c1", JOB, 3, "running", "50%")
+    assert a != change_id("c1", JOB, 1, "running")
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_watch_event_ids_are_per_watch_and_stable(outcome: Outcome) -> None:
+    """watch.* ids derive from cluster, job, outcome and the watch's key (correlation_id)."""
+
+    def envelope(key: str, at: datetime) -> str:
+        return watch_event(
+            "c1",
+            JOB,
+            outcome,
+            body={"error": {"message": "x", "code": "0"}},
+            previous_state=None,
+            watch_key=key,
+            correlation_id=key,
+            seen_at=at,
+        ).message_id
+
+    name = f"ontap-job-poller:c1/{JOB}/watch/{outcome.value}/corr-1"
+    assert envelope("corr-1", T0) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+    assert envelope("corr-1", T0) == envelope("corr-1", T0 + timedelta(minutes=5))
+    assert envelope("corr-1", T0) != envelope("corr-2", T0)
+    assert watch_id("c1", JOB, outcome, "k") != watch_id("c2", JOB, outcome, "k")
