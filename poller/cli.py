@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -79,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        configure_logging(settings.log_format)
+        # The demo prints its own story on stdout; the worker's routine lines would bury it.
+        quiet = args.command == "demo"
+        configure_logging(settings.log_format, logging.WARNING if quiet else logging.INFO)
         if args.command == "run":
             settings.require_clusters()
         return _dispatch(args, settings)
