@@ -67,6 +67,8 @@ class Watch:
     held_since: float
     #: What this watch's subscriber has been sent already, as (state, n).
     seen: tuple[str | None, int] = (None, 0)
+    #: The ``n`` in this delivery's own checkpoint: how many changes a worker resuming it knows.
+    saved_changes: int = 0
     #: Identifies the watch in its ``watch.*`` event id: correlation_id, else message_id.
     key: str = ""
     #: An expiry or checkpoint of this watch is under way.
@@ -114,6 +116,8 @@ class Dispatcher:
         watches = list(entry.watches.values())
         envelope = None
         if step.change is not None:
+            if not await self._catch_up(entry, watches):
+                return False
             envelope = job_event(self.cluster, entry.uuid, step.change, self.now())
             try:
                 await self._publish(envelope, watches)
@@ -144,8 +148,24 @@ class Dispatcher:
             )
             return all(ended) and not entry.watches
         if step.change is not None and step.change.kind == "state":
-            await asyncio.gather(*(self.checkpoint(entry, w) for w in watches))
+            held = [w for w in watches if entry.watches.get(w.watch_id) is w]
+            await asyncio.gather(*(self.checkpoint(entry, w) for w in held))
         return False
+
+    async def _catch_up(self, entry: JobEntry, watches: list[Watch]) -> bool:
+        """Checkpoint the watches whose copy lacks changes already published; False if one fails.
+
+        A worker resuming a copy names the job's next change with the copy's ``n``. Were a change
+        published while a held copy lacked an earlier one (it joined late, or its checkpoint
+        failed), a crash could make the same change appear again under another ``n``, hence
+        another ``ce-id``. So no change is published before every copy knows all earlier ones.
+        """
+        lagging = [w for w in watches if w.saved_changes < entry.track.progress.changes]
+        if not lagging:
+            return True
+        await asyncio.gather(*(self.checkpoint(entry, w) for w in lagging))
+        # A successful checkpoint detaches the watch (its copy comes back); a failed one keeps it.
+        return not any(entry.watches.get(w.watch_id) is w for w in lagging)
 
     async def expire(self, entry: JobEntry, watch: Watch) -> None:
         """The watch's deadline passed: ``timeout``, or ``error`` when ONTAP was failing."""

@@ -169,6 +169,7 @@ class Worker:
             deadline_at=saved.deadline_at,
             held_since=now,
             seen=(saved.progress.state, saved.progress.changes),
+            saved_changes=saved.progress.changes,
             key=delivery.correlation_id or delivery.message_id or saved.watch_id,
         )
         scheduler = self.schedulers[request.cluster]

@@ -40,6 +40,7 @@ class FakeOutbox:
     attempts: int = 0
     failures: int = 0  # the next publishes that the broker refuses
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    refuse_copies: bool = False
 
     async def publish_event(self, envelope: Envelope) -> None:
         self.attempts += 1
@@ -52,6 +53,8 @@ class FakeOutbox:
         pass
 
     async def requeue_watch(self, watch: Watch, value: str) -> None:
+        if self.refuse_copies:
+            raise BrokerError("copy not confirmed")
         self.checkpoints.append(json.loads(value))
 
 
@@ -85,7 +88,8 @@ class Rig:
     outbox: FakeOutbox
     ontap: FakeOntap
 
-    def watch(self, watch_id: str = "w1", deadline_in_s: float = 3600.0) -> Watch:
+    def watch(self, watch_id: str = "w1", deadline_in_s: float = 3600.0, saved: int = 0) -> Watch:
+        """A held delivery whose own checkpoint carries ``saved`` changes."""
         return Watch(
             watch_id=watch_id,
             request=WatchRequest(JOB, "c1", None),
@@ -93,6 +97,7 @@ class Rig:
             deadline_at=time.time() + deadline_in_s,
             held_since=time.time(),
             key=watch_id,
+            saved_changes=saved,
         )
 
     async def until(self, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -128,7 +133,7 @@ def keys(outbox: FakeOutbox) -> list[str]:
 
 async def test_a_copy_with_more_history_sets_the_jobs_n(rig: Rig) -> None:
     """The older twin arrives first; its newer twin's progress wins, so ids follow its lineage."""
-    old, new = rig.watch(), rig.watch()
+    old, new = rig.watch(saved=1), rig.watch(saved=2)
     rig.ontap.answer = state("success")
 
     entry, _ = rig.scheduler.add(old, Progress("queued", 1))
@@ -152,12 +157,12 @@ async def test_a_copy_with_less_history_does_not_set_it_back(rig: Rig) -> None:
 async def test_a_late_copy_of_an_ended_watch_is_settled_not_polled(rig: Rig) -> None:
     """Once a watch's final event is confirmed, a copy of it is acked and nothing is published."""
     rig.ontap.answer = state("success")
-    first = rig.watch()
+    first = rig.watch(saved=1)
     rig.scheduler.add(first, Progress("running", 1))
     await rig.until(lambda: first.delivery.acks == 1)  # type: ignore[attr-defined]
     calls = rig.ontap.calls
 
-    late = rig.watch()
+    late = rig.watch(saved=1)
     assert rig.scheduler.settle_if_ended(late)
     await rig.until(lambda: late.delivery.acks == 1)  # type: ignore[attr-defined]
     await asyncio.sleep(0.2)  # several poll intervals
@@ -171,7 +176,7 @@ async def test_an_event_the_broker_refused_is_published_later_with_its_id(rig: R
     """Two refused publishes: the watch stays held, the third poll publishes the same change."""
     rig.outbox.failures = 2
     rig.ontap.answer = state("success")
-    watch = rig.watch()
+    watch = rig.watch(saved=1)
 
     rig.scheduler.add(watch, Progress("running", 1))
     await rig.until(lambda: watch.delivery.acks == 1)  # type: ignore[attr-defined]
@@ -201,10 +206,37 @@ async def test_a_deadline_during_a_failing_poll_ends_as_error_not_timeout(rig: R
 
 async def test_a_deadline_while_ontap_answers_ends_as_timeout(rig: Rig) -> None:
     """The control: ONTAP answering, job still running at the deadline: timeout with the job."""
-    watch = rig.watch(deadline_in_s=0.3)
+    watch = rig.watch(deadline_in_s=0.3, saved=1)
 
     rig.scheduler.add(watch, Progress("running", 1))
     await rig.until(lambda: watch.delivery.acks == 1)  # type: ignore[attr-defined]
 
     assert keys(rig.outbox) == ["watch.c1.timeout"]
     assert json.loads(rig.outbox.events[-1].body) == {"uuid": JOB, "state": "running"}
+
+
+async def test_a_watch_that_joined_late_is_checkpointed_before_the_next_change(rig: Rig) -> None:
+    """A fresh request joining a job at n=2 gets a copy saying so before n=2 is published."""
+    rig.ontap.answer = state("running")
+    first = rig.watch("w1", saved=1)
+    rig.scheduler.add(first, Progress("queued", 1))
+    joiner = rig.watch("w2", saved=0)
+    rig.scheduler.add(joiner, Progress())
+    await rig.until(lambda: bool(rig.outbox.events))
+
+    assert rig.outbox.checkpoints[0]["watch_id"] == "w2"
+    assert rig.outbox.checkpoints[0]["changes"] == 1  # caught up on queued, before running
+    assert rig.outbox.events[0].message_id == change_id("c1", JOB, 1, "running")
+
+
+async def test_no_change_is_published_while_a_copy_cannot_catch_up(rig: Rig) -> None:
+    """If the catch-up copy is refused, the change waits (same id later) and the watch is held."""
+    rig.ontap.answer = state("success")
+    rig.outbox.refuse_copies = True
+    joiner = rig.watch("w2", saved=0)
+    rig.scheduler.add(joiner, Progress("running", 1))
+    await asyncio.sleep(0.3)  # several polls
+
+    assert rig.outbox.events == []
+    assert joiner.delivery.acks == 0  # type: ignore[attr-defined]
+    assert rig.ontap.calls >= 2

@@ -133,6 +133,8 @@ async def test_the_final_event_acks_every_watch_after_it_is_confirmed() -> None:
     )
     dispatcher, outbox, entry = setup(first, second)
     entry.track = Track(progress=Progress("running", 1))
+    for watch in entry.watches.values():
+        watch.saved_changes = 1  # their copies carry that progress
 
     finished = await dispatcher.apply(entry, step(entry.track, seen("success"), POLICY))
 
