@@ -1,0 +1,48 @@
+"""SIGTERM: the worker exits 0 within 10 s, leaving unfinished watches to the broker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.faults.conftest import cluster_table, queue_depth, settled, worker_config
+from tests.faults.test_broker_outage import assert_complete
+from tests.faults.timelines import create_jobs
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_exits_0_and_another_worker_finishes_the_watches(
+    broker, names, sim, workers, events, publish
+) -> None:
+    """20 running jobs, SIGTERM: exit status 0 in 10 s, unfinished requests back, then all end."""
+    simulator, base_url = sim
+    config = worker_config(broker, names, clusters={"c1": cluster_table(base_url)})
+    first = workers(config, name="first")
+    await first.wait_ready()
+    jobs = create_jobs(simulator, 20, random.Random(8), runs_for_s=(10.0, 16.0))
+    for job in jobs:
+        await publish(names.watch_queue, {"uuid": job.uuid})
+    await events.wait_for(
+        lambda es: len({e.subject for e in es if e.routing_key == "job.c1.running"}) == len(jobs),
+        timeout_s=60,
+    )
+
+    first.terminate()
+    unfinished = len(jobs) - len(events.finals())
+    # The contract's bound (INTERFACE §6), not a speed measurement: 10 s is ample.
+    assert await first.wait_exit(10) == 0
+    assert unfinished >= 10, "too few jobs were still running to test anything"
+    # Unfinished watches were left to the broker, not acknowledged.
+    assert await queue_depth(broker.url, names.watch_queue) >= len(jobs) - len(events.finals())
+    assert first.log_events()[-1] == "worker.stopped"
+    assert first.problems() == []
+
+    second = workers(config, name="second")
+    await second.wait_ready()
+    await events.wait_for(lambda _: len(events.finals()) == len(jobs), timeout_s=90)
+    await settled([second], broker.url, names.watch_queue)
+    assert_complete(events, jobs)
+    assert second.problems() == []
