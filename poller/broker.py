@@ -94,6 +94,16 @@ class Delivery:
         except _BROKER_FAILURES as exc:
             raise BrokerError(f"ack failed: {exc!r}") from exc
 
+    async def give_back(self) -> None:
+        """Return the delivery to the queue now (``basic.nack`` with requeue), at most once."""
+        if self._settled or self.stale:
+            return
+        self._settled = True
+        try:
+            await self._message.nack(requeue=True)
+        except _BROKER_FAILURES as exc:
+            raise BrokerError(f"nack failed: {exc!r}") from exc
+
     def copy(self, extra_headers: dict[str, Any]) -> aio_pika.Message:
         """Same body and properties, plus headers: for checkpoints and dead-lettering."""
         m = self._message

@@ -196,8 +196,12 @@ class Worker:
             await self.broker.dead_letter(delivery, reason)
             await delivery.ack()
         except BrokerError as err:
-            # Left unacknowledged: the broker hands it out again and it is rejected again.
             log.warning("request.dead_letter_failed", reason=reason, error=str(err))
+            # Handed back now, not held until the consumer timeout closes the channel (and every
+            # watch on it): it comes back and is rejected again, at most the queue's delivery
+            # limit times before the broker dead-letters it itself.
+            with contextlib.suppress(BrokerError):
+                await delivery.give_back()
             return
         self.metrics.dead_lettered.labels(exc.kind).inc()
         log.warning("request.dead_lettered", reason=reason, kind=exc.kind)

@@ -8,8 +8,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aio_pika
 import pytest
 
+from poller.broker import DELIVERY_LIMIT
 from poller.simulator import Simulator, running_simulator
 from tests.faults.conftest import (
     PASSWORD,
@@ -133,4 +135,35 @@ async def test_bad_requests_are_dead_lettered_unchanged_and_a_good_one_still_wor
         v for k, v in samples.items() if k.startswith("ontap_poller_requests_dead_lettered_total")
     )
     assert dead_lettered == len(cases)
+    assert worker.problems() == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_request_that_cannot_be_dead_lettered_is_retried_a_bounded_number_of_times(
+    broker, names, sim, workers, events, publish
+) -> None:
+    """Dead-letter queue deleted: the bad request is handed back, retried, and stops at the limit."""
+    simulator, base_url = sim
+    worker = workers(worker_config(broker, names, clusters={"c1": cluster_table(base_url)}))
+    await worker.wait_ready()
+    connection = await aio_pika.connect(broker.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(names.dead_letter_queue)
+
+    await publish(names.watch_queue, b"not json", message_id="poison")
+
+    def failures() -> int:
+        return worker.log_events().count("request.dead_letter_failed")
+
+    async def gave_up() -> bool:
+        return failures() > DELIVERY_LIMIT and await queue_depth(broker.url, names.watch_queue) == 0
+
+    await until(gave_up, 60, "the broker did not stop redelivering the poison request")
+    await asyncio.sleep(2)
+    # The first delivery, then up to the limit's redeliveries (3.10 counts each nack as one).
+    assert DELIVERY_LIMIT <= failures() <= DELIVERY_LIMIT + 1
+    job = simulator.create_job(timeline=[{"after": 0, "state": "success"}])
+    await publish(names.watch_queue, {"uuid": job})  # the worker is fine
+    await events.wait_for(lambda es: [e.routing_key for e in es] == ["job.c1.success"], 30)
     assert worker.problems() == []
