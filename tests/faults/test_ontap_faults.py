@@ -33,20 +33,28 @@ async def test_every_job_ends_right_through_transient_faults(
         latency_ms=(50, 200),
         seed=5,
     )
-    worker = workers(worker_config(broker, names, clusters={"c1": cluster_table(base_url)}))
+    # One simulated cluster under two names: read in batches, and one GET per job (many calls,
+    # so that every kind of fault is drawn whatever the timing).
+    clusters = {"c1": cluster_table(base_url), "c2": cluster_table(base_url, batch=False)}
+    worker = workers(worker_config(broker, names, clusters=clusters))
     await worker.wait_ready()
     jobs = create_jobs(simulator, 30, random.Random(5), runs_for_s=(2.0, 6.0))
+    cluster_of = {j.uuid: ("c1", "c2")[i % 2] for i, j in enumerate(jobs)}
 
-    await asyncio.gather(*(publish(names.watch_queue, {"uuid": j.uuid}) for j in jobs))
+    await asyncio.gather(
+        *(publish(names.watch_queue, {"uuid": j.uuid, "cluster": cluster_of[j.uuid]}) for j in jobs)
+    )
     await events.wait_for(lambda _: len(events.finals()) == len(jobs), timeout_s=180)
 
     finals = events.finals()
     for job in jobs:
-        assert {e.routing_key for e in finals[job.uuid]} == {f"job.c1.{job.final}"}, job
+        expected = f"job.{cluster_of[job.uuid]}.{job.final}"
+        assert {e.routing_key for e in finals[job.uuid]} == {expected}, job
         assert finals[job.uuid][0].body["state"] == job.final
-    seen = simulator.stats.as_json()["by_status"]
+    stats = simulator.stats.as_json()
+    assert stats["collection"] > 0 and stats["single"] > 0
     for status in ("502", "429", "503", "dropped"):
-        assert seen.get(status, 0) > 0, f"no {status} was injected: {seen}"
+        assert stats["by_status"].get(status, 0) > 0, f"no {status} was injected: {stats}"
     samples = await worker.metrics()
     transient = sum(
         v
