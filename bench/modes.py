@@ -86,11 +86,15 @@ class Result:
 class Bench:
     """A simulator process and a broker connection shared by every run of one invocation."""
 
-    def __init__(self, plan: Plan, sim_url: str, connection: AbstractConnection) -> None:
+    def __init__(
+        self, plan: Plan, sim: procs.Child, sim_url: str, connection: AbstractConnection
+    ) -> None:
         self.plan = plan
+        self.sim = sim
         self.sim_url = sim_url
         self.connection = connection
         self.http = httpx.AsyncClient(base_url=sim_url, timeout=60.0)
+        self.broker = procs.broker_meter(plan.amqp_url)
         self.rng = random.Random(plan.seed)
 
     async def aclose(self) -> None:
@@ -141,6 +145,24 @@ class Bench:
         stats: dict[str, Any] = (await self.http.get("/_sim/stats")).json()
         return stats
 
+    def _start_meters(self, measured: procs.Child) -> None:
+        measured.meter.start()
+        self.sim.meter.start()
+        if self.broker is not None:
+            self.broker.start()
+
+    def _read_meters(self) -> dict[str, float]:
+        """CPU seconds of the simulator and the broker during the run: they share the machine."""
+        others = {"simulator_cpu_s": self.sim.meter.read().cpu_s}
+        if self.broker is not None:
+            others["broker_cpu_s"] = self.broker.read().cpu_s
+        return others
+
+    def _keep(self, tag: str, finals: dict[str, float], detected: dict[str, float]) -> None:
+        """Per job: when it ended (simulator) and when its end was seen, for a closer look."""
+        rows = {u: [at, detected.get(u)] for u, at in finals.items()}
+        (self.plan.workdir / f"latencies-{tag}.json").write_text(json.dumps(rows))
+
     # -- runs ------------------------------------------------------------------------------------
 
     def _names(self, mode: str, n: int) -> dict[str, str]:
@@ -176,15 +198,17 @@ class Bench:
             log = amqp.EventLog(expected=n)
             await amqp.subscribe(self.connection, names["events_exchange"], log)
             uuids = await self.create_jobs(self.timelines(n))
-            worker.meter.start()
+            self._start_meters(worker)
             started = time.time()
             peaks: dict[str, float] = {}
-            sampler = asyncio.create_task(_sample(worker, port, peaks))
+            series: list[tuple[float, float, float]] = []
+            sampler = asyncio.create_task(_sample(worker, port, peaks, series, self.broker))
             await amqp.publish_requests(self.connection, names["watch_queue"], uuids)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.plan.max_duration_s + self.plan.grace_s):
                     await log.done.wait()
             usage = worker.meter.read()
+            others = self._read_meters()
             wall_s = time.time() - started
             metrics = procs.scrape_metrics(port)
             sampler.cancel()
@@ -193,6 +217,8 @@ class Bench:
             await asyncio.to_thread(worker.stop)
             await amqp.delete_topology(self.connection, names)
         finals = await self.final_transitions(uuids)
+        self._keep(f"{mode}-{n}", finals, log.final_at)
+        (self.plan.workdir / f"cpu-{mode}-{n}.json").write_text(json.dumps(series))
         result = _summary(
             mode,
             n=n,
@@ -210,6 +236,7 @@ class Bench:
         result.checkpoints = int(checkpoints)
         result.broker_publishes = int(events + checkpoints)
         result.peak_watches = int(peaks.get("watches", 0))
+        result.extra = others
         return result
 
     async def run_peer(self, n: int) -> Result:
@@ -229,13 +256,14 @@ class Bench:
             await _wait_for(lambda: "ready" in peer.log_path.read_text(), peer, 60)
             uuids = await self.create_jobs(self.timelines(n))
             uuids_file.write_text(json.dumps(uuids))
-            peer.meter.start()
+            self._start_meters(peer)
             started = time.time()
             assert peer.proc.stdin is not None
             peer.proc.stdin.write(b"go\n")
             peer.proc.stdin.flush()
             await _wait_for(out.exists, peer, p.max_duration_s + p.grace_s + 60, sample=True)
             usage = peer.meter.read()
+            others = self._read_meters()
             wall_s = time.time() - started
             stats = await self.stats()
         finally:
@@ -250,6 +278,7 @@ class Bench:
                 last = max(last, detected[uuid])
                 spans += (detected[uuid] - record["first_poll"]) / max(1, record["polls"] - 1)
         finals = await self.final_transitions(uuids)
+        self._keep(f"peer-{n}", finals, detected)
         result = _summary(
             "peer",
             n=n,
@@ -262,7 +291,11 @@ class Bench:
         )
         result.events_per_s = events / (last - started) if last > started else 0.0
         result.achieved_interval_s = spans / len(detected) if detected else None
-        result.extra = {"errors": seen["errors"], "threads": p.peer_threads}
+        result.extra = {
+            "errors": seen["errors"],
+            "threads": p.peer_threads,
+            **others,
+        }
         return result
 
     async def run_capacity(self, n: int) -> tuple[Result, float, list[float]]:
@@ -354,11 +387,21 @@ def _quantile(values: list[float], q: float) -> float | None:
     return values[rank]
 
 
-async def _sample(child: procs.Child, port: int, peaks: dict[str, float]) -> None:
-    """Peak RSS every 0.5 s; the peak number of held watches from /metrics every 2 s."""
+async def _sample(
+    child: procs.Child,
+    port: int,
+    peaks: dict[str, float],
+    series: list[tuple[float, float, float]],
+    broker: procs.Meter | None,
+) -> None:
+    """Peak RSS every 0.5 s; the peak number of held watches from /metrics every 2 s; a series of
+    (time, worker CPU s, broker CPU s) to see where time went."""
     tick = 0
     while True:
         child.meter.sample()
+        series.append(
+            (time.time(), child.meter.read().cpu_s, broker.read().cpu_s if broker else 0.0)
+        )
         if tick % 4 == 0:
             with contextlib.suppress(httpx.HTTPError):
                 metrics = await asyncio.to_thread(procs.scrape_metrics, port)

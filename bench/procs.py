@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -109,6 +110,16 @@ class Child:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def broker_meter(amqp_url: str) -> Meter | None:
+    """The broker's CPU, when it runs on this machine (it shares the cores with the worker)."""
+    port = urlsplit(amqp_url).port or 5672
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return Meter(conn.pid)
+    return None
 
 
 def start_simulator(workdir: Path) -> tuple[Child, str]:

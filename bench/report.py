@@ -15,10 +15,12 @@ MODE_LABELS = {
 
 
 def one_line(r: Result) -> str:
+    sim_s = r.extra.get("simulator_cpu_s")
     return (
         f"{r.mode} N={r.n}: {r.ontap_requests} requests, {r.cpu_s:.1f} CPU s "
         f"({r.cpu_cores:.2f} cores), {r.peak_rss_mb:.0f} MB, p50 {_s(r.p50_s)} p99 {_s(r.p99_s)}, "
-        f"{r.detected}/{r.n} detected, {r.events} events"
+        f"{r.detected}/{r.n} detected, {r.events} events; CPU s of the simulator "
+        f"{_num(sim_s, 1)}, of the broker {_num(r.extra.get('broker_cpu_s'), 1)}"
     )
 
 

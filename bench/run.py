@@ -91,7 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     try:
         connection = await aio_pika.connect(args.amqp_url)
         async with connection:
-            bench = Bench(plan, sim_url, connection)
+            bench = Bench(plan, sim, sim_url, connection)
             try:
                 for n in sizes:
                     for mode in modes:
