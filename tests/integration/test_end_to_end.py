@@ -20,12 +20,12 @@ pytestmark = pytest.mark.integration
 
 SUCCESS = [
     {"after": 0, "state": "queued", "message": "Queued"},
-    {"after": 0.3, "state": "running", "message": "Creating volume"},
-    {"after": 0.6, "state": "success", "message": "Complete: Successful"},
+    {"after": 1.5, "state": "running", "message": "Creating volume"},
+    {"after": 3.0, "state": "success", "message": "Complete: Successful"},
 ]
 FAILURE = [
     {"after": 0, "state": "running", "message": "Transferring"},
-    {"after": 0.3, "state": "failure", "message": "Destination volume is full", "code": 13303812},
+    {"after": 2.5, "state": "failure", "message": "Destination volume is full", "code": 13303812},
 ]
 
 
@@ -165,7 +165,7 @@ async def test_watches_of_one_job_are_polled_as_one_and_published_once(
     """Three watches of one job: each change once on the exchange, once per reply_to."""
     simulator, base_url = sim
     job = simulator.create_job(
-        timeline=[{"after": 0, "state": "running"}, {"after": 1.0, "state": "success"}]
+        timeline=[{"after": 0, "state": "running"}, {"after": 3.0, "state": "success"}]
     )
     await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
     events, _ = await subscribe(names.events_exchange, "#")
@@ -238,8 +238,8 @@ async def test_progress_events_when_enabled(
     job = simulator.create_job(
         timeline=[
             {"after": 0, "state": "running", "message": "10% done"},
-            {"after": 0.5, "state": "running", "message": "60% done"},
-            {"after": 1.5, "state": "success", "message": "Complete: Successful"},
+            {"after": 2.5, "state": "running", "message": "60% done"},
+            {"after": 4.0, "state": "success", "message": "Complete: Successful"},
         ]
     )
     settings = make_settings(amqp_url, names, {"c1": cluster(base_url)}, publish_progress=True)
