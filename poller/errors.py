@@ -61,7 +61,21 @@ class JobNotFound(OntapRefused):
 
 
 class OntapUnavailable(OntapError):
-    """ONTAP could not be reached, or kept failing, until the retry budget ran out."""
+    """ONTAP could not be reached, or kept failing, until the retry budget ran out.
+
+    ``retry_after_s`` is the last ``Retry-After`` ONTAP sent, if any: the next call waits that long.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: dict[str, Any],
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, error=error, status=status)
+        self.retry_after_s = retry_after_s
 
 
 class BrokerError(PollerError):

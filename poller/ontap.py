@@ -147,7 +147,9 @@ class OntapClient:
                 with attempt:
                     return await self._attempt(endpoint, path, params)
         except _Transient as exc:
-            raise OntapUnavailable(str(exc), error=exc.error) from None
+            raise OntapUnavailable(
+                str(exc), error=exc.error, retry_after_s=exc.retry_after_s
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
 
     def _wait(self, state: RetryCallState) -> float:

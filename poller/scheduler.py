@@ -300,7 +300,7 @@ class ClusterScheduler:
             return dict.fromkeys(uuids, Refused(exc.error))
         except OntapUnavailable as exc:
             log.warning("ontap.call_failed", outcome="unreachable", jobs=len(uuids), error=str(exc))
-            return dict.fromkeys(uuids, Unreachable(exc.error))
+            return dict.fromkeys(uuids, Unreachable(exc.error, exc.retry_after_s))
         seen: dict[str, Observation] = {u: Seen(jobs[u]) for u in uuids if u in jobs}
         missing = [u for u in uuids if u not in jobs]
         # Absent from the answer: gone, or a lagging replica. One GET each tells which.
@@ -320,7 +320,7 @@ class ClusterScheduler:
                 return Refused(exc.error)
             except OntapUnavailable as exc:
                 log.warning("ontap.call_failed", outcome="unreachable", error=str(exc))
-                return Unreachable(exc.error)
+                return Unreachable(exc.error, exc.retry_after_s)
 
     async def _apply(self, entry: JobEntry, observation: Observation, polled_at: float) -> None:
         with bound_contextvars(cluster=self.cluster, job=entry.uuid):

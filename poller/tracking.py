@@ -71,6 +71,8 @@ class Unreachable:
     """Every retry of this poll failed; the job may still be fine."""
 
     error: dict[str, Any]
+    #: ONTAP's last ``Retry-After``: the next poll never comes sooner.
+    retry_after_s: float | None = None
 
 
 Observation = Seen | Gone | Refused | Unreachable
@@ -148,12 +150,11 @@ def step(track: Track, observation: Observation, policy: Policy) -> Step:
             return Step(track, 0.0, outcome=Outcome.NOT_FOUND, error=error)
         case Refused(error):
             return Step(track, 0.0, outcome=Outcome.ERROR, error=error)
-        case Unreachable(error):
+        case Unreachable(error, retry_after_s):
             # Keep what was known; back off as for an unchanged job, and remember the failure.
             interval = next_interval(track.interval_s, moved=False, policy=policy)
-            return Step(
-                replace(track, interval_s=interval, failing=True, last_error=error), interval
-            )
+            failed = replace(track, interval_s=interval, failing=True, last_error=error)
+            return Step(failed, max(interval, retry_after_s or 0.0))
     raise AssertionError(f"unknown observation {observation!r}")  # pragma: no cover
 
 

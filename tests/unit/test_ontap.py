@@ -125,6 +125,16 @@ async def test_unavailable_carries_ontaps_own_error_body() -> None:
     assert caught.value.error == body
 
 
+async def test_unavailable_carries_the_last_retry_after() -> None:
+    """When the budget runs out, ONTAP's last Retry-After travels on, for the next poll."""
+    ontap = Ontap(error(429, **{"Retry-After": "9"}))
+
+    with pytest.raises(OntapUnavailable) as caught:
+        await ontap.client(RetryPolicy(attempts=1)).get_job(JOB)
+
+    assert caught.value.retry_after_s == 9.0
+
+
 @pytest.mark.parametrize("status", [429, 503])
 @pytest.mark.parametrize("retry_after", ["7", "30"])
 async def test_retry_after_in_seconds_is_never_cut_short(

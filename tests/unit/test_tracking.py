@@ -242,3 +242,10 @@ def test_observe_keeps_the_job_as_returned() -> None:
     progress, change = observe(Progress(), raw, publish_progress=False)
     assert change is not None and change.job.raw is raw.raw
     assert progress.job == raw.raw
+
+
+def test_retry_after_delays_the_next_poll() -> None:
+    """After ONTAP's Retry-After the job is not polled sooner than it asked."""
+    steps = run([Seen(job("running")), Unreachable(error_body("HTTP 503"), retry_after_s=20.0)])
+    assert steps[-1].next_poll_in_s == 20.0
+    assert steps[-1].track.interval_s == 2.0  # the backoff itself is unchanged
