@@ -44,26 +44,42 @@ def redact_url(text: str) -> str:
 
 
 def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
-    """JSON lines in containers, a readable console on a terminal (``auto`` picks by TTY)."""
+    """JSON lines in containers, a readable console on a terminal (``auto`` picks by TTY).
+
+    Libraries that log through the standard library (aio-pika, uvicorn, httpx) are rendered by
+    the same processors, so a container's log stays one JSON object per line, secrets redacted.
+    """
     use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library; keep them quiet unless something is wrong.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # Libraries stay quiet unless something is wrong.
+    root.setLevel(max(level, logging.WARNING))
 
 
 def create_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> Starlette:
