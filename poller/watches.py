@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -28,6 +28,7 @@ from poller.models import WatchRequest
 from poller.tracking import Outcome, Step, Track, expire
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class Settle(Protocol):
@@ -137,8 +138,8 @@ class Dispatcher:
             # Watches may join while the final event is being confirmed: loop until none is left.
             while pending := list(entry.watches.values()):
                 self._ended.update(dict.fromkeys((w.watch_id for w in pending), self._clock()))
-                await asyncio.gather(*(self.replay_latest(entry, w) for w in pending))
-                await asyncio.gather(*(self._ack(entry, w) for w in pending))
+                await _each(self.replay_latest(entry, w) for w in pending)
+                await _each(self._ack(entry, w) for w in pending)
                 log.info("watch.ended", outcome=step.track.progress.state, watches=len(pending))
             return True
         if step.outcome is not None:
@@ -149,7 +150,7 @@ class Dispatcher:
             return all(ended) and not entry.watches
         if step.change is not None and step.change.kind == "state":
             held = [w for w in watches if entry.watches.get(w.watch_id) is w]
-            await asyncio.gather(*(self.checkpoint(entry, w) for w in held))
+            await _each(self.checkpoint(entry, w) for w in held)
         return False
 
     async def _catch_up(self, entry: JobEntry, watches: list[Watch]) -> bool:
@@ -275,3 +276,11 @@ class Dispatcher:
             await watch.delivery.ack()
         except BrokerError as exc:
             log.warning("watch.ack_failed", job=entry.uuid, error=str(exc))
+
+
+async def _each(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, without a task for a lone awaitable (one watch per job, the usual case)."""
+    pending = list(coros)
+    if len(pending) == 1:
+        return [await pending[0]]
+    return await asyncio.gather(*pending)
