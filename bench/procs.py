@@ -108,6 +108,8 @@ class Child:
                     self.meter.process.kill()
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._log.close()
         return self.proc.returncode
 
@@ -187,7 +189,7 @@ def start_worker(config: Path, http_port: int, log_path: Path, *, profile: Path 
     argv = [PYTHON, "-m", "poller", "run", "--config", str(config)]
     if profile is not None:
         spy = Path(PYTHON).with_name("py-spy")
-        record = ["record", "--rate", "50", "--format", "speedscope", "--output", str(profile)]
+        record = ["record", "--rate", "100", "--format", "speedscope", "--output", str(profile)]
         argv = [str(spy), *record, "--", *argv]
     # Only the file configures it: a stray POLLER_* variable would override the benchmark's values.
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
