@@ -28,6 +28,8 @@ from bench import amqp, procs
 from poller.ontap import batch_size
 
 PEER = Path(__file__).with_name("peer.py")
+#: Jobs ending this long after the watches were published are past the start-up burst.
+BURST_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ class Bench:
         result.checkpoints = int(checkpoints)
         result.broker_publishes = int(events + checkpoints)
         result.peak_watches = int(peaks.get("watches", 0))
-        result.extra = others
+        result.extra = {**others, "p99_after_burst_s": _late_p99(finals, log.final_at, started)}
         return result
 
     async def run_peer(self, n: int) -> Result:
@@ -295,6 +297,7 @@ class Bench:
             "errors": seen["errors"],
             "threads": p.peer_threads,
             **others,
+            "p99_after_burst_s": _late_p99(finals, detected, started),
         }
         return result
 
@@ -377,6 +380,18 @@ def _summary(
         detected=len(latencies),
         events=events,
     )
+
+
+def _late_p99(finals: dict[str, float], detected: dict[str, float], started: float) -> float | None:
+    """p99 latency of the jobs that ended once the start-up burst was over.
+
+    All N watches arrive within seconds, and each first sight is an event and a checkpoint: the
+    first seconds are the busiest of the run. Jobs ending later show the steady state.
+    """
+    late = [
+        detected[u] - at for u, at in finals.items() if u in detected and at >= started + BURST_S
+    ]
+    return _quantile(sorted(late), 0.99)
 
 
 def _quantile(values: list[float], q: float) -> float | None:

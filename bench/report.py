@@ -37,9 +37,9 @@ def markdown(data: dict[str, Any]) -> str:
     peer = {r["n"]: r for r in rows if r["mode"] == "peer"}
     lines = [
         "| N | mode | ONTAP requests | peer ÷ this | worker CPU s | CPU cores (avg) "
-        "| peak RSS MB | latency p50 s | latency p99 s | detected | events | events/s "
-        "| broker publishes per job |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | latency p50 s | latency p99 s | p99 s after 20 s | detected | events "
+        "| events/s | broker publishes per job |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = peer[r["n"]]["ontap_requests"] / r["ontap_requests"] if r["n"] in peer else None
@@ -47,7 +47,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| {r['n']:,} | {MODE_LABELS[r['mode']]} | {r['ontap_requests']:,} | "
             f"{_num(ratio, 1)} | {r['cpu_s']:.1f} | {r['cpu_cores']:.2f} | {r['peak_rss_mb']:.0f} | "
-            f"{_num(r['p50_s'])} | {_num(r['p99_s'])} | {r['detected']:,}/{r['n']:,} | "
+            f"{_num(r['p50_s'])} | {_num(r['p99_s'])} | {_num(r['extra'].get('p99_after_burst_s'))} | "
+            f"{r['detected']:,}/{r['n']:,} | "
             f"{r['events']:,} | {r['events_per_s']:,.0f} | {_num(publishes, 1)} |"
         )
     lines += ["", *_peer_lines(rows), *_capacity_lines(data), "", *targets(data)]
@@ -99,6 +100,9 @@ def targets(data: dict[str, Any]) -> list[str]:
         checks.append(("≥ 50x fewer ONTAP requests than the peer", f"{ratio:.0f}x", ratio >= 50))
     p99 = batched["p99_s"]
     checks.append((f"p99 latency ≤ {cap + 0.5:g} s", _s(p99), p99 is not None and p99 <= cap + 0.5))
+    late = batched["extra"].get("p99_after_burst_s")
+    target = f"p99 latency ≤ {cap + 0.5:g} s, jobs ending after the first 20 s"
+    checks.append((target, _s(late), late is not None and late <= cap + 0.5))
     cores = batched["cpu_cores"]
     checks.append(("worker CPU ≤ 0.5 core on average", f"{cores:.2f} cores", cores <= 0.5))
     rss = batched["peak_rss_mb"]
