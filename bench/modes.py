@@ -97,7 +97,6 @@ class Bench:
         self.connection = connection
         self.http = httpx.AsyncClient(base_url=sim_url, timeout=60.0)
         self.broker = procs.broker_meter(plan.amqp_url)
-        self.rng = random.Random(plan.seed)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -105,16 +104,20 @@ class Bench:
     # -- the simulator ---------------------------------------------------------------------------
 
     def timelines(self, n: int) -> list[dict[str, Any]]:
-        """queued at 0, running a little later, success (or failure) after 5 to 60 s."""
+        """queued at 0, running a little later, success (or failure) after 5 to 60 s.
+
+        The same N jobs for every mode: the generator is seeded with the seed and N.
+        """
         p, specs = self.plan, []
+        rng = random.Random(f"{p.seed}/{n}")
         for _ in range(n):
-            ends_s = self.rng.uniform(p.min_duration_s, p.max_duration_s)
-            end = "failure" if self.rng.random() < p.failure_rate else "success"
+            ends_s = rng.uniform(p.min_duration_s, p.max_duration_s)
+            end = "failure" if rng.random() < p.failure_rate else "success"
             specs.append(
                 {
                     "timeline": [
                         {"after": 0, "state": "queued", "message": "Queued"},
-                        {"after": ends_s * self.rng.uniform(0.05, 0.3), "state": "running"},
+                        {"after": ends_s * rng.uniform(0.05, 0.3), "state": "running"},
                         {"after": ends_s, "state": end, "message": f"Complete: {end}"},
                     ]
                 }

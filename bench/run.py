@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -132,9 +133,21 @@ def _cores() -> int:
     return os.cpu_count() or 0
 
 
+async def _run_until_sigterm(args: argparse.Namespace) -> dict[str, object]:
+    """SIGTERM cancels the run like Ctrl-C does: processes are stopped, queues deleted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run(args)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = asyncio.run(run(args))
+    data = asyncio.run(_run_until_sigterm(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=1))
     table = report.markdown(data)
