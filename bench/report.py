@@ -134,9 +134,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
         right.plot([x for x, _ in p99], [y for _, y in p99], marker="o", label=label)
     cap = float(data["plan"]["poll_interval_max_s"])
     right.axhline(cap + 0.5, color="grey", linestyle="--", linewidth=1, label="target p99")
+    left.set_yscale("log")
+    right.set_ylim(bottom=0)
     for axis, title in ((left, "ONTAP requests per run"), (right, "detection latency p99 (s)")):
         axis.set_xscale("log")
-        axis.set_yscale("log")
         axis.set_xlabel("jobs watched at once (N)")
         axis.set_title(title)
         axis.grid(visible=True, which="both", alpha=0.3)
