@@ -257,7 +257,7 @@ class Dispatcher:
 
     async def _publish(self, envelope: Envelope, watches: list[Watch]) -> None:
         await self._outbox.publish_event(envelope)
-        log.info("event.published", routing_key=envelope.routing_key, id=envelope.message_id)
+        log.debug("event.published", routing_key=envelope.routing_key, id=envelope.message_id)
         self._on_event(envelope)
         replies = [
             self._outbox.publish_reply(envelope.for_watch(w.delivery.correlation_id), reply_to)
