@@ -17,21 +17,10 @@ from poller.models import Job, WatchRequest, error_body
 from poller.scheduler import ClusterScheduler
 from poller.tracking import Policy, Progress
 from poller.watches import Dispatcher, Watch
+from tests.fakes import FakeDelivery
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
 POLICY = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.1)
-
-
-@dataclass
-class FakeDelivery:
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    stale: bool = False
-    acks: int = 0
-
-    async def ack(self) -> None:
-        assert not self.stale, "ack on a dead channel"
-        self.acks += 1
 
 
 @dataclass

@@ -17,19 +17,9 @@ from poller.models import Job, WatchRequest, error_body
 from poller.scheduler import ClusterScheduler
 from poller.tracking import Policy, Progress
 from poller.watches import Dispatcher, Watch
+from tests.fakes import FakeDelivery
 
 POLICY = Policy(poll_interval_min_s=0.2, poll_interval_max_s=0.4)
-
-
-@dataclass
-class FakeDelivery:
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    stale: bool = False
-    acks: int = 0
-
-    async def ack(self) -> None:
-        self.acks += 1
 
 
 @dataclass

@@ -13,24 +13,10 @@ from poller.events import Envelope
 from poller.models import Job, WatchRequest, error_body
 from poller.tracking import Gone, Policy, Progress, Seen, Track, step
 from poller.watches import Dispatcher, JobEntry, Watch
+from tests.fakes import FakeDelivery
 
 UUID = "1cd8a442-86d1-11e0-ae1c-123478563412"
 POLICY = Policy(poll_interval_min_s=1.0, poll_interval_max_s=30.0)
-
-
-@dataclass
-class FakeDelivery:
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    stale: bool = False
-    acked: int = 0
-    log: list[str] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        if self.stale:
-            raise AssertionError("ack on a dead channel")
-        self.acked += 1
-        self.log.append("ack")
 
 
 @dataclass
@@ -108,7 +94,7 @@ async def test_a_failed_publish_commits_nothing() -> None:
     await dispatcher.apply(entry, step(entry.track, seen("running"), POLICY))
 
     assert entry.track == Track()
-    assert delivery.acked == 0
+    assert delivery.acks == 0
     assert outbox.checkpoints == []
 
 
@@ -120,7 +106,7 @@ async def test_a_failed_checkpoint_keeps_the_delivery() -> None:
 
     await dispatcher.apply(entry, step(entry.track, seen("queued"), POLICY))
 
-    assert delivery.acked == 0
+    assert delivery.acks == 0
     assert "w0" in entry.watches
     assert entry.track.progress.state == "queued"
 
@@ -141,7 +127,7 @@ async def test_the_final_event_acks_every_watch_after_it_is_confirmed() -> None:
     assert finished
     assert [e.routing_key for e in outbox.events] == ["job.c1.success"]
     assert outbox.log.index("event:job.c1.success") < outbox.log.index("ack")
-    assert (first.acked, second.acked) == (1, 1)
+    assert (first.acks, second.acks) == (1, 1)
     assert outbox.checkpoints == []
 
 
@@ -152,7 +138,7 @@ async def test_stale_deliveries_are_never_acked_nor_replied_to() -> None:
 
     await dispatcher.apply(entry, step(entry.track, seen("success"), POLICY))
 
-    assert live.acked == 1 and dead.acked == 0
+    assert live.acks == 1 and dead.acks == 0
     assert [to for to, _ in outbox.replies] == ["live"]
 
 
