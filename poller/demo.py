@@ -49,10 +49,7 @@ TIMELINES: list[tuple[str, list[dict[str, Any]] | None]] = [
 
 def _line(label: str, event: Event) -> str:
     message = event.data.get("message") or event.data.get("error", {}).get("message", "")
-    return (
-        f"{event.key:<28} {label:<26} ce-id={event.headers.get('ce-id')} "
-        f"message={message!r}"
-    )
+    return f"{event.key:<28} {label:<26} ce-id={event.headers.get('ce-id')} message={message!r}"
 
 
 async def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
