@@ -131,10 +131,6 @@ class ClusterScheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    @property
-    def watch_count(self) -> int:
-        return sum(len(e.watches) for e in self.entries.values())
-
     async def wait_idle(self) -> None:
         """Wait for the polls, expiries and checkpoints under way now to finish."""
         if self._tasks:

@@ -100,12 +100,10 @@ class Dispatcher:
         outbox: Outbox,
         *,
         clock: Callable[[], float] = time.time,
-        on_event: Callable[[Envelope], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self._outbox = outbox
         self._clock = clock
-        self._on_event = on_event or (lambda _envelope: None)
         #: Watches that ended here, by id, with when: a late copy of one is settled, not resumed.
         self._ended: dict[str, float] = {}
 
@@ -258,7 +256,6 @@ class Dispatcher:
     async def _publish(self, envelope: Envelope, watches: list[Watch]) -> None:
         await self._outbox.publish_event(envelope)
         log.debug("event.published", routing_key=envelope.routing_key, id=envelope.message_id)
-        self._on_event(envelope)
         replies = [
             self._outbox.publish_reply(envelope.for_watch(w.delivery.correlation_id), reply_to)
             for w in watches

@@ -22,6 +22,26 @@ from referencing.jsonschema import DRAFT202012
 SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
 BASE_URI: Final = "https://ontap-job-poller.example/schemas/"
 
+# Verbatim from ontap-cluster-jobs-api.txt.
+DOCUMENTED_JOB: Final[dict[str, Any]] = {
+    "_links": {"self": {"href": "/api/resourcelink"}},
+    "code": 0,
+    "description": "App Snapshot Job",
+    "end_time": "string",
+    "message": "Complete: Successful",
+    "start_time": "string",
+    "state": "string",
+    "uuid": "1cd8a442-86d1-11e0-ae1c-123478563412",
+}
+DOCUMENTED_ERROR: Final[dict[str, Any]] = {
+    "error": {
+        "arguments": [{"code": "string", "message": "string"}],
+        "code": "4",
+        "message": "entry doesn't exist",
+        "target": "uuid",
+    }
+}
+
 
 def _file_name(name: str) -> str:
     return name if name.endswith(".json") else f"{name}.json"

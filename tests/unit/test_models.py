@@ -9,6 +9,7 @@ import pytest
 
 from poller.errors import InvalidRequest
 from poller.models import MAX_REQUEST_BYTES, Job, WatchRequest, error_body, parse_watch_request
+from tests.schemas import DOCUMENTED_JOB
 
 UUID = "1cd8a442-86d1-11e0-ae1c-123478563412"
 OTHER = "2f7e9c1a-0b3d-11ef-9a2b-005056bb1234"
@@ -366,17 +367,6 @@ def test_ill_typed_self_link_is_invalid(links: dict[str, Any]) -> None:
 
 
 # --- Job.from_ontap ----------------------------------------------------------------------------
-
-DOCUMENTED_JOB: dict[str, Any] = {
-    "_links": {"self": {"href": "/api/resourcelink"}},
-    "code": 0,
-    "description": "App Snapshot Job",
-    "end_time": "string",
-    "message": "Complete: Successful",
-    "start_time": "string",
-    "state": "string",
-    "uuid": UUID,
-}
 
 
 @pytest.mark.parametrize(

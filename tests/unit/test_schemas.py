@@ -19,32 +19,21 @@ from poller.errors import InvalidRequest
 from poller.events import job_event, watch_event
 from poller.models import Job, error_body, parse_watch_request
 from poller.tracking import Change, Outcome, Track, expire
-from tests.schemas import BASE_URI, errors, load_schema, schema_names, validate
+from tests.schemas import (
+    BASE_URI,
+    DOCUMENTED_ERROR,
+    DOCUMENTED_JOB,
+    errors,
+    load_schema,
+    schema_names,
+    validate,
+)
 
 UUID = "1cd8a442-86d1-11e0-ae1c-123478563412"
 OTHER_UUID = "2f7e9c1a-0b3d-11ef-9a2b-005056bb1234"
 CLUSTERS = frozenset({"cluster1"})
 SEEN_AT = datetime(2026, 11, 28, 19, 31, 4, 123456, tzinfo=UTC)
 
-# Verbatim from ontap-cluster-jobs-api.txt.
-DOCUMENTED_JOB: dict[str, Any] = {
-    "_links": {"self": {"href": "/api/resourcelink"}},
-    "code": 0,
-    "description": "App Snapshot Job",
-    "end_time": "string",
-    "message": "Complete: Successful",
-    "start_time": "string",
-    "state": "string",
-    "uuid": "1cd8a442-86d1-11e0-ae1c-123478563412",
-}
-DOCUMENTED_ERROR: dict[str, Any] = {
-    "error": {
-        "arguments": [{"code": "string", "message": "string"}],
-        "code": "4",
-        "message": "entry doesn't exist",
-        "target": "uuid",
-    }
-}
 # Verbatim from INTERFACE.md section 3.
 REQUEST_FORM: dict[str, Any] = {"uuid": UUID, "cluster": "cluster1", "timeout": 3600}
 ONTAP_FORM: dict[str, Any] = {
