@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -53,6 +54,10 @@ def _parse_verify(value: Any) -> bool | str:
     raise ValueError("must be true, false or the path of a CA bundle")
 
 
+#: ``verify`` of a cluster, in TOML or as an env string.
+TlsVerify = Annotated[bool | str, BeforeValidator(_parse_verify)]
+
+
 class ClusterSettings(BaseModel):
     """One ONTAP cluster the worker may contact. No other host is ever called."""
 
@@ -72,7 +77,7 @@ class ClusterSettings(BaseModel):
         Field(description="File holding the password (a trailing newline is ignored)."),
     ] = None
     verify: Annotated[
-        bool | str,
+        TlsVerify,
         Field(description="Verify TLS: `true`, `false`, or the path of a CA bundle (PEM)."),
     ] = True
     max_concurrent_requests: Annotated[
@@ -94,11 +99,6 @@ class ClusterSettings(BaseModel):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http://)")
         return value.rstrip("/")
-
-    @field_validator("verify", mode="before")
-    @classmethod
-    def _verify(cls, value: Any) -> bool | str:
-        return _parse_verify(value)
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     ontap_password_file: Annotated[
         Path | None, Field(description="Its `password_file`, e.g. a Docker secret.")
     ] = None
-    ontap_verify: Annotated[bool | str, Field(description="Its `verify`.")] = True
+    ontap_verify: Annotated[TlsVerify, Field(description="Its `verify`.")] = True
     ontap_name: Annotated[str, Field(description="Its cluster name.")] = "default"
 
     @classmethod
@@ -212,11 +212,6 @@ class Settings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
-
-    @field_validator("ontap_verify", mode="before")
-    @classmethod
-    def _ontap_verify(cls, value: Any) -> bool | str:
-        return _parse_verify(value)
 
     @field_validator("clusters")
     @classmethod
