@@ -66,7 +66,6 @@ class Delivery:
         self.message_id: str | None = message.message_id
         self.content_type: str | None = message.content_type
         self.content_encoding: str | None = message.content_encoding
-        self.redelivered: bool = bool(message.redelivered)
         self._settled = False
 
     @property
