@@ -3,7 +3,8 @@
 Events use the CloudEvents 1.0 RabbitMQ binding in binary content mode (``ce-*`` headers, the job
 object as the body), produced by the ``cloudevents`` package so that any subscriber using it reads
 them back with ``from_binary``. Ids are name-based UUIDs of what the event describes, so the same
-change published twice, by any worker, carries the same ``ce-id``.
+change published twice carries the same ``ce-id``. A job ends once, so the id of its end names only
+the cluster, the job and the end state: every worker names it alike, whatever history it saw.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cloudevents.core.bindings.rabbitmq import to_binary
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from poller.models import FINAL_STATES
 from poller.tracking import Change, Outcome
 
 APP_ID: Final = "ontap-job-poller"
@@ -42,7 +44,14 @@ class Envelope:
 
 
 def change_id(cluster: str, job_uuid: str, n: int, state: str) -> str:
-    """``ce-id`` of the ``n``-th state change of a job, exactly as the contract defines it."""
+    """``ce-id`` of the ``n``-th state change of a job, exactly as the contract defines it.
+
+    A change to an end state happens once per job, so its id leaves ``n`` out: workers that saw
+    different histories of the job (one from ``queued``, one from ``paused``) count ``n``
+    differently, yet must name the job's end alike.
+    """
+    if state in FINAL_STATES:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job_uuid}/{state}"))
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job_uuid}/{n}/{state}"))
 
 

@@ -115,7 +115,8 @@ class Dispatcher:
         watches = list(entry.watches.values())
         envelope = None
         if step.change is not None:
-            if not await self._catch_up(entry, watches):
+            # An end's id has no n, so only other changes wait for lagging copies to catch up.
+            if not step.final and not await self._catch_up(entry, watches):
                 return False
             envelope = job_event(self.cluster, entry.uuid, step.change, self.now())
             try:
@@ -239,8 +240,8 @@ class Dispatcher:
         """A copy of a watch whose final event is already confirmed: acknowledge it, publish nothing.
 
         Such a copy exists when a checkpoint's old delivery was given back to the queue (its ack
-        lost with a channel); resuming it would poll again from older progress and could name the
-        job's final change with another ``n``, hence another ``ce-id``.
+        lost with a channel). Resuming it would publish the end again and, once ONTAP has purged
+        the job, end the watch a second time with ``not_found``.
         """
         if watch.delivery.stale:
             return

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import pytest
 
+from tests.contract import end_id
 from tests.faults.conftest import EventLog, Seen, cluster_table, drain, settled, worker_config
 from tests.faults.timelines import create_jobs
 
@@ -66,6 +67,8 @@ async def test_sigkill_loses_no_final_event_and_duplicates_share_ids(
     finals = events.finals()
     for job in jobs:
         assert {e.routing_key for e in finals[job.uuid]} == {f"job.c1.{job.final}"}, job
+        # Every copy of the end, from either worker, before or after the kill: the formula's id.
+        assert {e.ce_id for e in finals[job.uuid]} == {end_id("c1", job.uuid, job.final)}, job
     for key, job in watches.items():
         ends = {
             e.headers["ce-type"]
@@ -73,6 +76,12 @@ async def test_sigkill_loses_no_final_event_and_duplicates_share_ids(
             if e.correlation_id == key and e.headers["ce-type"] in ENDS
         }
         assert ends == {f"ontap.job.{job.final}"}, key
+        copies = {
+            e.ce_id
+            for e in replies.events
+            if e.correlation_id == key and e.headers["ce-type"] in ENDS
+        }
+        assert copies == {end_id("c1", job.uuid, job.final)}, key
     assert split_ids(events.events, "subject") == {}, "exchange: twins with different ce-ids"
     assert split_ids(replies.events, "correlation_id") == {}, "reply_to: twins with different ids"
     changes = {(e.subject, e.routing_key) for e in events.events}

@@ -44,8 +44,3 @@ def create_jobs(
         job = simulator.create_job(uuid=str(uuid.UUID(int=rng.getrandbits(128))), timeline=timeline)
         planned.append(PlannedJob(job, final))
     return planned
-
-
-def change_id(cluster: str, job: str, n: int, state: str) -> str:
-    """The contract's ``ce-id`` of a change, computed apart from the package."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job}/{n}/{state}"))

@@ -13,6 +13,7 @@ from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_binary
 from cloudevents.core.formats.json import JSONFormat
 from netapp_ontap.resources import Job as NetAppJob
 
+from tests.contract import event_id as change_id
 from tests.integration.conftest import cluster, make_settings
 from tests.schemas import validate
 
@@ -27,11 +28,6 @@ FAILURE = [
     {"after": 0, "state": "running", "message": "Transferring"},
     {"after": 2.5, "state": "failure", "message": "Destination volume is full", "code": 13303812},
 ]
-
-
-def change_id(cluster_name: str, job: str, n: int, state: str) -> str:
-    """The contract's ce-id, computed independently of the package."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster_name}/{job}/{n}/{state}"))
 
 
 def decode_cloudevent(message: Any) -> Any:

@@ -16,9 +16,10 @@ import yaml
 from jsonschema import Draft7Validator
 
 from poller.config import Settings
-from poller.events import change_id, job_event, watch_event
+from poller.events import job_event, watch_event
 from poller.models import Job
 from poller.tracking import Change, Outcome
+from tests.contract import end_id
 from tests.schemas import SCHEMA_DIR, errors, load_schema, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,10 +219,10 @@ def test_examples_are_valid_messages(name: str, example: dict[str, Any]) -> None
 
 
 def test_the_job_changed_example_carries_the_contracts_id() -> None:
-    """The example's ce-id is what the code computes for the third change of that job."""
+    """The example's ce-id is the contract's id of that job's end, which has no n."""
     example = document()["components"]["messages"]["jobChanged"]["examples"][0]
     headers = example["headers"]
-    assert headers["ce-id"] == change_id(headers["ce-cluster"], headers["ce-subject"], 2, "success")
+    assert headers["ce-id"] == end_id(headers["ce-cluster"], headers["ce-subject"], "success")
     assert headers["ce-type"] == f"ontap.job.{example['payload']['state']}"
 
 

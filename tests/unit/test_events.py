@@ -13,16 +13,12 @@ from poller.checkpoint import Checkpoint
 from poller.events import change_id, job_event, progress_id, watch_event, watch_id
 from poller.models import Job
 from poller.tracking import Outcome, Policy, Seen, Track, step
+from tests.contract import event_id as contract_id
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = Policy(poll_interval_min_s=1.0, poll_interval_max_s=30.0)
 LIFE = ["queued", "running", "paused", "running", "success"]
-
-
-def contract_id(cluster: str, job: str, n: int, state: str) -> str:
-    """The contract's formula, written out apart from the package."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job}/{n}/{state}"))
 
 
 def seen(state: str, message: str | None = None) -> Seen:
@@ -43,19 +39,40 @@ def ids_from(track: Track, states: list[str], *, at: datetime = T0) -> tuple[Tra
     return track, ids
 
 
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
 @pytest.mark.parametrize(
-    ("cluster", "job", "n", "state"),
+    ("cluster", "job", "n", "state", "expected"),
     [
-        ("c1", JOB, 0, "queued"),
-        ("c1", JOB, 1, "running"),
-        ("cluster-2", JOB, 4, "success"),
-        ("c_3", "00000000-0000-0000-0000-000000000000", 7, "failure"),
-        ("c1", JOB, 2, "some-new-state"),
+        # Non-final: uuid5(NAMESPACE_URL, "ontap-job-poller:<cluster>/<job>/<n>/<state>").
+        ("c1", JOB, 0, "queued", "fb5c987a-ee83-5212-9c36-4e719668c8bf"),
+        ("c1", JOB, 1, "running", "04624903-46d9-549c-bf48-ec4ccff38f0b"),
+        ("c1", JOB, 2, "paused", "7826af44-688e-5722-bf1a-339441009c21"),
+        ("c1", JOB, 2, "some-new-state", "7091ec96-2f97-50ad-8590-73bdbf717155"),
+        # Final: uuid5(NAMESPACE_URL, "ontap-job-poller:<cluster>/<job>/<state>"), whatever n.
+        ("c1", JOB, 0, "success", "0870cdaa-1473-5577-a8f0-6b098ca5af1e"),
+        ("c1", JOB, 4, "success", "0870cdaa-1473-5577-a8f0-6b098ca5af1e"),
+        ("c1", JOB, 1, "failure", "c1dbb427-97e4-52a0-8b12-495e47c9dd87"),
+        ("c1", JOB, 9, "failure", "c1dbb427-97e4-52a0-8b12-495e47c9dd87"),
+        ("cluster-2", JOB, 3, "cancelled", "74519d1f-430f-5559-adb8-c5317c2280d8"),
+        ("c_3", ZERO, 7, "expired", "d461c979-82b1-5346-847e-5bf3fa156cd0"),
     ],
 )
-def test_change_id_is_the_contract_formula(cluster: str, job: str, n: int, state: str) -> None:
-    """ce-id = uuid5(NAMESPACE_URL, "ontap-job-poller:<cluster>/<job>/<n>/<state>")."""
-    assert change_id(cluster, job, n, state) == contract_id(cluster, job, n, state)
+def test_change_id_is_the_contract_formula(
+    cluster: str, job: str, n: int, state: str, expected: str
+) -> None:
+    """ce-ids equal the contract's, written out here: n for non-final states, none for ends."""
+    assert change_id(cluster, job, n, state) == expected
+
+
+@pytest.mark.parametrize("state", ["success", "failure", "cancelled", "expired"])
+def test_an_end_has_one_id_whatever_history_the_worker_saw(state: str) -> None:
+    """Seen from queued, from paused, or only at the end: a job's end is named alike."""
+    _, from_queued = ids_from(Track(), ["queued", "running", "paused", "running", state])
+    _, from_paused = ids_from(Track(), ["paused", "running", state])
+    _, only_end = ids_from(Track(), [state])
+    assert from_queued[-1] == from_paused[-1] == only_end[-1] == contract_id("c1", JOB, 0, state)
 
 
 @pytest.mark.parametrize(

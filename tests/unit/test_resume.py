@@ -17,6 +17,7 @@ from poller.models import Job, WatchRequest, error_body
 from poller.scheduler import ClusterScheduler
 from poller.tracking import Policy, Progress
 from poller.watches import Dispatcher, Watch
+from tests.contract import end_id
 from tests.fakes import FakeDelivery
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
@@ -219,8 +220,8 @@ async def test_a_watch_that_joined_late_is_checkpointed_before_the_next_change(r
 
 
 async def test_no_change_is_published_while_a_copy_cannot_catch_up(rig: Rig) -> None:
-    """If the catch-up copy is refused, the change waits (same id later) and the watch is held."""
-    rig.ontap.answer = state("success")
+    """If the catch-up copy is refused, a non-final change waits (same id later), the watch held."""
+    rig.ontap.answer = state("paused")
     rig.outbox.refuse_copies = True
     joiner = rig.watch("w2", saved=0)
     rig.scheduler.add(joiner, Progress("running", 1))
@@ -229,3 +230,16 @@ async def test_no_change_is_published_while_a_copy_cannot_catch_up(rig: Rig) -> 
     assert rig.outbox.events == []
     assert joiner.delivery.acks == 0  # type: ignore[attr-defined]
     assert rig.ontap.calls >= 2
+
+
+async def test_an_end_is_published_even_while_a_copy_cannot_catch_up(rig: Rig) -> None:
+    """An end's id has no n: it needs no catch-up copy, so a refused copy does not hold it back."""
+    rig.ontap.answer = state("success")
+    rig.outbox.refuse_copies = True
+    joiner = rig.watch("w2", saved=0)
+    rig.scheduler.add(joiner, Progress("running", 1))
+    await rig.until(lambda: joiner.delivery.acks == 1)  # type: ignore[attr-defined]
+
+    assert keys(rig.outbox) == ["job.c1.success"]
+    assert rig.outbox.events[0].message_id == end_id("c1", JOB, "success")
+    assert rig.outbox.checkpoints == []
