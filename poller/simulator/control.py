@@ -73,8 +73,11 @@ def _validated(model: type[_M], data: Any) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        details = json.loads(error.json(include_url=False))
-        raise ControlError(400, "invalid body", details) from error
+        raise _refused(error) from error
+
+
+def _refused(error: ValidationError) -> ControlError:
+    return ControlError(400, "invalid body", json.loads(error.json(include_url=False)))
 
 
 async def _post_jobs(request: Request) -> Response:
@@ -125,7 +128,10 @@ async def _config(request: Request) -> Response:
         changes = await _json_body(request)
         if not isinstance(changes, dict):
             raise ControlError(400, "body must be a JSON object")
-        sim.config = _validated(ClusterConfig, {**sim.config.model_dump(), **changes})
+        try:
+            sim.configure(**changes)
+        except ValidationError as error:
+            raise _refused(error) from error
     elif request.method == "DELETE":
         sim.config = ClusterConfig()
     return JSONResponse(sim.config.model_dump(mode="json"))

@@ -245,6 +245,14 @@ class Simulator:
         """The fault, if any, for the next ONTAP request."""
         return self._injector.decide()
 
+    def configure(self, **changes: Any) -> ClusterConfig:
+        """Change some of the cluster's settings, checked as PATCH /_sim/config checks them.
+
+        Raises pydantic.ValidationError (a ValueError) and changes nothing when one cannot be.
+        """
+        self.config = ClusterConfig.model_validate({**self.config.model_dump(), **changes})
+        return self.config
+
     def cluster_now(self) -> float:
         """The cluster's clock: the simulator's, shifted by the configured offset."""
         return self.clock() + self.config.clock_offset_s

@@ -32,7 +32,7 @@ async def env() -> AsyncIterator[Harness]:
 )
 async def test_date_header_is_the_clusters_clock(env: Harness, offset_s: float, date: str) -> None:
     """The Date header is the simulator's clock plus the cluster's offset, in RFC 7231 form."""
-    env.sim.config = env.sim.config.model_copy(update={"clock_offset_s": offset_s})
+    env.sim.configure(clock_offset_s=offset_s)
     assert (await env.jobs()).headers["Date"] == date
 
 

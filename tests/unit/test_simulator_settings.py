@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from poller.simulator import ClusterConfig
+from poller.simulator import ClusterConfig, Simulator
 from poller.simulator.testing import Harness, in_process
 
 DEFAULTS = {"clock_offset_s": 0.0, "timezone": "UTC", "refuse_filters": False, "max_page": None}
@@ -61,6 +61,15 @@ async def test_bad_config_is_refused(env: Harness, method: str, body: Any) -> No
     assert response.status_code == 400
     assert "message" in response.json()["error"]
     assert (await env.client.get("/_sim/config")).json() == {**DEFAULTS, "max_page": 5}
+
+
+def test_configure_checks_settings_in_process() -> None:
+    """Simulator.configure changes some settings, and refuses a bad one leaving all unchanged."""
+    sim = Simulator(max_page=5)
+    assert sim.configure(timezone="+05:30") == ClusterConfig(timezone="+05:30", max_page=5)
+    with pytest.raises(ValueError, match="max_page"):
+        sim.configure(timezone="UTC", max_page=0)
+    assert sim.config == ClusterConfig(timezone="+05:30", max_page=5)
 
 
 async def test_config_changes_take_effect_on_the_next_request(env: Harness) -> None:
