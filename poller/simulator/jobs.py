@@ -313,13 +313,9 @@ class Simulator:
         creation order, purged or not, so a purge between two pages neither skips nor repeats
         a job. A page holds at most `max_records` records, and never more than `max_page`.
         """
-        now = self.clock()
-        offset_s, zone, max_page = (
-            self.config.clock_offset_s,
-            self.config.zone,
-            self.config.max_page,
-        )
-        limit = min(query.max_records, max_page or query.max_records)
+        now, config = self.clock(), self.config
+        offset_s, zone = config.clock_offset_s, config.zone
+        limit = min(query.max_records, config.max_page or query.max_records)
         tests = [(VALUE_OF[condition.field], condition.matches) for condition in query.conditions]
 
         def passes(job: Job) -> bool:
