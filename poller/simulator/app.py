@@ -85,7 +85,10 @@ async def _ontap(request: Request, kind: EndpointKind, answer: Answer) -> Respon
     malformed = fault.kind == "malformed" and response.status_code == 200
     if malformed:
         # Cut mid-record, as a proxy that gave up half-way would: the status still says 200.
-        response = Response(response.body[: len(response.body) // 2], 200, response.headers)
+        # A new response, so that Content-Length is that of the cut body: the connection stays
+        # sound and only the JSON is broken.
+        cut = response.body[: len(response.body) // 2]
+        response = Response(cut, 200, media_type=response.media_type)
         records = 0
     tally("malformed" if malformed else response.status_code, records=records)
     response.headers["Date"] = http_date(sim.cluster_now())

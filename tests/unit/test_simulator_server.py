@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -54,6 +55,25 @@ async def test_serve_raises_when_the_port_is_taken() -> None:
         with pytest.raises(OSError, match="could not listen"):
             async with running_simulator(Simulator(), port=taken.getsockname()[1]):
                 pass
+
+
+async def test_real_server_sends_malformed_answers_whole() -> None:
+    """Over HTTP a malformed answer arrives complete, as a 200 that is not JSON; the next is fine."""
+    sim = Simulator(faults=FaultPlan(malformed_rate=1.0))
+    sim.create_job(uuid=JOB)
+    async with (
+        running_simulator(sim) as url,
+        httpx.AsyncClient(base_url=url, auth=DEFAULT_AUTH) as client,
+    ):
+        malformed = await client.get(JOB_PATH)
+        sim.faults = FaultPlan()
+        good = await client.get(JOB_PATH)
+    assert (malformed.status_code, malformed.headers["content-type"]) == (200, "application/json")
+    assert malformed.content == good.content[: len(good.content) // 2]
+    assert int(malformed.headers["content-length"]) == len(malformed.content)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(malformed.content)
+    assert sim.stats.by_status == {"malformed": 1, "200": 1}
 
 
 @pytest.mark.parametrize("offset_s", [-3600.0, 0.0, 5400.0])
