@@ -72,6 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="delete a finished job this many seconds after it ends (default 300, as ONTAP)",
     )
+    simulate.add_argument(
+        "--user",
+        action="append",
+        metavar="NAME:PASSWORD",
+        help="one more basic-auth user (repeatable)",
+    )
+    simulate.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the cluster's clock runs S seconds ahead of this machine's (negative: behind)",
+    )
+    simulate.add_argument(
+        "--timezone",
+        default="UTC",
+        metavar="TZ",
+        help="zone of the times the cluster shows: UTC, an offset like -05:00, or an IANA name "
+        "like America/New_York (default UTC)",
+    )
+    simulate.add_argument(
+        "--refuse-filters",
+        action="store_true",
+        help="answer 400 to collection queries that filter on a field other than uuid",
+    )
+    simulate.add_argument(
+        "--max-page",
+        type=int,
+        metavar="N",
+        help="never return more than N records per page, whatever max_records asks",
+    )
+    simulate.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate"
+    )
+    simulate.add_argument(
+        "--tls-key", metavar="FILE", help="the certificate's PEM key, if not in --tls-cert's file"
+    )
     command("demo", "Simulator and worker in one process: three jobs and their events.")
     return parser
 
@@ -125,6 +162,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    """Serve a simulator as the options describe; a bad option is a ConfigError (exit 78)."""
+    from pydantic import ValidationError
+
     from poller.simulator import Simulator, serve
 
     password = args.password
@@ -133,10 +173,44 @@ def _simulate(args: argparse.Namespace) -> int:
             with open(args.password_file, encoding="utf-8") as handle:
                 password = handle.read().rstrip("\r\n")
         except OSError as exc:
-            print(f"ontap-job-poller: --password-file: {exc}", file=sys.stderr)
-            return EX_CONFIG
-    sim = Simulator(username=args.username, password=password, purge_after_s=args.purge_after)
-    print(f"simulated ONTAP jobs API on http://{args.host}:{args.port}", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, sim))
+            raise ConfigError(f"--password-file: {exc}") from exc
+    users: dict[str, str] = {}
+    for pair in args.user or []:
+        name, colon, secret = pair.partition(":")
+        if not (name and colon):
+            # The value is not echoed: it may be a password typed without its name.
+            raise ConfigError("--user expects NAME:PASSWORD")
+        users[name] = secret
+    if args.tls_key is not None and args.tls_cert is None:
+        raise ConfigError("--tls-key needs --tls-cert")
+    try:
+        sim = Simulator(
+            username=args.username,
+            password=password,
+            purge_after_s=args.purge_after,
+            users=users,
+            clock_offset_s=args.clock_offset,
+            timezone=args.timezone,
+            refuse_filters=args.refuse_filters,
+            max_page=args.max_page,
+        )
+    except ValidationError as exc:
+        option = {
+            "clock_offset_s": "--clock-offset",
+            "timezone": "--timezone",
+            "max_page": "--max-page",
+        }
+        reasons = (f"{option.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError("; ".join(reasons)) from exc
+    except ValueError as exc:  # a user given two passwords
+        raise ConfigError(str(exc)) from exc
+    scheme = "https" if args.tls_cert else "http"
+    print(f"simulated ONTAP jobs API on {scheme}://{args.host}:{args.port}", file=sys.stderr)
+    server = serve(args.host, args.port, sim, certfile=args.tls_cert, keyfile=args.tls_key)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server)
+    except OSError as exc:  # the address is taken, or the certificate cannot be read
+        print(f"ontap-job-poller: simulate: {exc}", file=sys.stderr)
+        return 1
     return 0

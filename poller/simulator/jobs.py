@@ -7,76 +7,29 @@ would show at that instant.
 
 from __future__ import annotations
 
+import bisect
+import math
+import secrets
 import time
 import uuid as uuid_lib
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import tzinfo
+from itertools import islice
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from poller.simulator.cluster import ClusterConfig, render_instant
 from poller.simulator.faults import Fault, FaultInjector, FaultPlan
+from poller.simulator.query import CollectionQuery, Value
+from poller.simulator.shapes import JOBS_PATH
+from poller.simulator.stats import Stats
 
 # Some ONTAP releases also report cancelled and expired; all four end a job.
 FINAL_STATES = frozenset({"success", "failure", "cancelled", "expired"})
-JOBS_PATH = "/api/cluster/jobs"
 
-DOCUMENTED_FIELDS = frozenset(
-    {"_links", "code", "description", "end_time", "message", "start_time", "state", "uuid"}
-)
-
-EndpointKind = Literal["single", "collection"]
 Clock = Callable[[], float]
-
-
-class OntapError(Exception):
-    """An ONTAP error answer: status and the documented `{"error": {...}}` body."""
-
-    def __init__(self, status: int, message: str, code: str, target: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body: dict[str, Any] = {"message": message, "code": code}
-        if target is not None:
-            self.body["target"] = target
-
-
-def not_found() -> OntapError:
-    """The documented answer for an unknown or purged job."""
-    # A fresh instance each time: a shared one would pile up tracebacks as it is re-raised.
-    return OntapError(404, "entry doesn't exist", "4", target="uuid")
-
-
-def not_authorized(status: int = 401) -> OntapError:
-    """ONTAP's answer to refused credentials."""
-    return OntapError(status, "not authorized for that command", "6")
-
-
-def requested_fields(
-    values: Sequence[str], default: frozenset[str] | None
-) -> frozenset[str] | None:
-    """The fields named by `fields` query values (comma-separated); None means all of them."""
-    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
-    if not names:
-        return default
-    if "*" in names:
-        return None
-    unknown = sorted(names - DOCUMENTED_FIELDS)
-    if unknown:
-        # Strict on purpose: a misspelt field would otherwise silently go missing.
-        raise OntapError(400, f'Unexpected argument "{unknown[0]}".', "262179", target=unknown[0])
-    return frozenset(names)
-
-
-def select_fields(
-    record: dict[str, Any], wanted: frozenset[str] | None, always: set[str]
-) -> dict[str, Any]:
-    """The record cut down to the wanted fields (None: all) and those always shown."""
-    if wanted is None:
-        return record
-    keep = wanted | always
-    return {name: value for name, value in record.items() if name in keep}
 
 
 class Step(BaseModel):
@@ -130,11 +83,6 @@ def normalise_timeline(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(ordered)
 
 
-def iso_time(epoch: float) -> str:
-    """ONTAP's time format: ISO-8601, whole seconds, with offset."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
 @dataclass(frozen=True)
 class Transition:
     """When (wall clock) the job entered a state."""
@@ -151,76 +99,95 @@ class Job:
     description: str
     created_at: float
     steps: tuple[Step, ...]
+    # Derived once, so that reading a job at an instant costs a bisection at most: a feed
+    # query reads every job of the cluster.
+    times: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    started_at: float | None = field(init=False, repr=False, compare=False)
+    ended_at: float | None = field(init=False, repr=False, compare=False)
 
-    def reached(self, now: float) -> list[Step]:
-        """The steps in effect at or before `now` (never empty: a step is at 0)."""
-        return [step for step in self.steps if self.created_at + step.after <= now]
+    def __post_init__(self) -> None:
+        times = tuple(self.created_at + step.after for step in self.steps)
+        started = next(
+            (t for t, s in zip(times, self.steps, strict=True) if s.state != "queued"), None
+        )
+        final = self.steps[-1].state in FINAL_STATES
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "started_at", started)
+        object.__setattr__(self, "ended_at", times[-1] if final else None)
 
-    def ended_at(self) -> float | None:
-        """When the job enters its final state, if its timeline has one."""
-        last = self.steps[-1]
-        return self.created_at + last.after if last.state in FINAL_STATES else None
+    def step_at(self, now: float) -> Step:
+        """The step in effect at `now` (the first one, before the job exists)."""
+        return self.steps[max(bisect.bisect_right(self.times, now) - 1, 0)]
+
+    def started_by(self, now: float) -> float | None:
+        """When the job left `queued`, if it had by `now`."""
+        started = self.started_at
+        return started if started is not None and started <= now else None
+
+    def ended_by(self, now: float) -> float | None:
+        """When the job reached its final state, if it had by `now`."""
+        ended = self.ended_at
+        return ended if ended is not None and ended <= now else None
 
     def purged(self, now: float, purge_after_s: float) -> bool:
         """Whether ONTAP has deleted the job by `now`."""
-        ended = self.ended_at()
-        return ended is not None and now >= ended + purge_after_s
+        return self.ended_at is not None and now >= self.ended_at + purge_after_s
 
     def transitions(self, now: float) -> list[Transition]:
         """Each change of state reached by `now`; a new message alone is not a transition."""
         changes: list[Transition] = []
-        for step in self.reached(now):
+        reached = bisect.bisect_right(self.times, now)
+        for step, at in zip(self.steps[:reached], self.times, strict=False):
             if not changes or changes[-1].state != step.state:
-                changes.append(Transition(step.state, self.created_at + step.after))
+                changes.append(Transition(step.state, at))
         return changes
 
-    def as_ontap(self, now: float) -> dict[str, Any]:
-        """The full job object as ONTAP shows it at `now`, leaving out fields without a value."""
-        reached = self.reached(now)
-        current = reached[-1]
+    def as_ontap(
+        self, now: float, offset_s: float, zone: tzinfo, fields: frozenset[str] | None = None
+    ) -> dict[str, Any]:
+        """The job object as ONTAP shows it at `now`, leaving out fields without a value.
+
+        Times are shown on the cluster's clock (`offset_s` ahead of the simulator's) in `zone`.
+        `fields` limits the object to those fields, `_links` and `uuid` (None: all of them);
+        times are rendered only when asked for, as a feed poll may render 10,000 records.
+        """
+        step = self.step_at(now)
         record: dict[str, Any] = {
             "_links": {"self": {"href": f"{JOBS_PATH}/{self.uuid}"}},
-            "code": current.code if current.code is not None else 0,
-            "description": self.description,
-            "state": current.state,
             "uuid": self.uuid,
         }
-        if current.message is not None:
-            record["message"] = current.message
-        started = next((step for step in reached if step.state != "queued"), None)
-        if started is not None:
-            record["start_time"] = iso_time(self.created_at + started.after)
-        if current.state in FINAL_STATES:
-            record["end_time"] = iso_time(self.created_at + current.after)
+        values: dict[str, Any] = {
+            "code": step.code if step.code is not None else 0,
+            "description": self.description,
+            "state": step.state,
+            "message": step.message,
+            "start_time": self.started_by(now),
+            "end_time": self.ended_by(now),
+        }
+        for name, value in values.items():
+            if value is None or (fields is not None and name not in fields):
+                continue
+            is_time = name in ("start_time", "end_time")
+            record[name] = render_instant(value + offset_s, zone) if is_time else value
         return record
 
 
-@dataclass
-class Stats:
-    """Counts of ONTAP requests, for benchmarks and tests."""
+def _cluster_time(at: float | None, offset_s: float) -> int | None:
+    # Whole seconds, as ONTAP renders them: a time read from a record matches itself in a query.
+    return None if at is None else math.floor(at + offset_s)
 
-    requests: int = 0
-    single: int = 0
-    collection: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
 
-    def count(self, kind: EndpointKind, status: int | str) -> None:
-        """Record one request; `status` is the HTTP status, or "dropped"."""
-        self.requests += 1
-        if kind == "single":
-            self.single += 1
-        else:
-            self.collection += 1
-        self.by_status[str(status)] += 1
-
-    def as_json(self) -> dict[str, Any]:
-        """The counts as the control endpoint shows them."""
-        return {
-            "requests": self.requests,
-            "single": self.single,
-            "collection": self.collection,
-            "by_status": dict(sorted(self.by_status.items())),
-        }
+# Each filterable field of a job at `now`, as the query grammar compares it: strings, codes,
+# and times as whole epoch seconds on the cluster's clock (`offset_s` ahead).
+VALUE_OF: dict[str, Callable[[Job, float, float], Value]] = {
+    "code": lambda job, now, _: job.step_at(now).code or 0,
+    "description": lambda job, _now, _: job.description,
+    "end_time": lambda job, now, offset_s: _cluster_time(job.ended_by(now), offset_s),
+    "message": lambda job, now, _: job.step_at(now).message,
+    "start_time": lambda job, now, offset_s: _cluster_time(job.started_by(now), offset_s),
+    "state": lambda job, now, _: job.step_at(now).state,
+    "uuid": lambda job, _now, _: job.uuid,
+}
 
 
 class DuplicateJobError(ValueError):
@@ -228,7 +195,7 @@ class DuplicateJobError(ValueError):
 
 
 class Simulator:
-    """State of one simulated cluster: its jobs, credentials, fault plan and request counts."""
+    """State of one simulated cluster: jobs, credentials, settings, fault plan, request counts."""
 
     def __init__(
         self,
@@ -237,11 +204,27 @@ class Simulator:
         purge_after_s: float = 300.0,
         clock: Clock = time.time,
         faults: FaultPlan | None = None,
+        *,
+        users: Mapping[str, str] | None = None,
+        clock_offset_s: float = 0.0,
+        timezone: str = "UTC",
+        refuse_filters: bool = False,
+        max_page: int | None = None,
     ) -> None:
+        """Raises ValueError for an impossible setting (say, an unknown time zone)."""
         self.username = username
         self.password = password
+        self.users = dict(users or {})  # more basic-auth users, name -> password
+        if self.users.get(username, password) != password:
+            raise ValueError(f"user {username!r} is given two passwords")
         self.purge_after_s = purge_after_s
         self.clock = clock
+        self.config = ClusterConfig(
+            clock_offset_s=clock_offset_s,
+            timezone=timezone,
+            refuse_filters=refuse_filters,
+            max_page=max_page,
+        )
         self.stats = Stats()
         self._injector = FaultInjector(faults)
         # Purged jobs stay here, hidden from the ONTAP endpoints, so that their transitions
@@ -261,6 +244,30 @@ class Simulator:
     def decide_fault(self) -> Fault:
         """The fault, if any, for the next ONTAP request."""
         return self._injector.decide()
+
+    def configure(self, **changes: Any) -> ClusterConfig:
+        """Change some of the cluster's settings, checked as PATCH /_sim/config checks them.
+
+        Raises pydantic.ValidationError (a ValueError) and changes nothing when one cannot be.
+        """
+        self.config = ClusterConfig.model_validate({**self.config.model_dump(), **changes})
+        return self.config
+
+    def cluster_now(self) -> float:
+        """The cluster's clock: the simulator's, shifted by the configured offset."""
+        return self.clock() + self.config.clock_offset_s
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """The user these basic-auth credentials belong to, or None."""
+        matched = None
+        for name, secret in {self.username: self.password, **self.users}.items():
+            # Every pair is compared in full, without a short cut, so that the answer time
+            # says nothing about which user exists or which part was wrong.
+            same_name = secrets.compare_digest(username.encode(), name.encode())
+            same_secret = secrets.compare_digest(password.encode(), secret.encode())
+            if same_name & same_secret:
+                matched = name
+        return matched
 
     def create_job(
         self,
@@ -295,28 +302,44 @@ class Simulator:
             return None
         return job
 
-    def page_jobs(
-        self, uuids: Sequence[str] | None, offset: int, limit: int
-    ) -> tuple[list[Job], int | None]:
-        """Up to `limit` visible jobs from position `offset`, and where the next page starts.
+    def job_object(self, job: Job) -> dict[str, Any]:
+        """The job's full ONTAP object now, its times on the cluster's clock and in its zone."""
+        return job.as_ontap(self.clock(), self.config.clock_offset_s, self.config.zone)
 
-        Positions count the requested UUIDs, or all jobs ever created in creation order,
-        purged or not, so a purge between two pages neither skips nor repeats a job.
+    def list_jobs(self, query: CollectionQuery) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the collection: its records, and the offset of the next page (or None).
+
+        Offsets are positions among the requested UUIDs, or among all jobs ever created in
+        creation order, purged or not, so a purge between two pages neither skips nor repeats
+        a job. A page holds at most `max_records` records, and never more than `max_page`.
         """
-        candidates = list(uuids) if uuids is not None else list(self._jobs)
+        now, config = self.clock(), self.config
+        offset_s, zone = config.clock_offset_s, config.zone
+        limit = min(query.max_records, config.max_page or query.max_records)
+        tests = [(VALUE_OF[condition.field], condition.matches) for condition in query.conditions]
+
+        def passes(job: Job) -> bool:
+            for value_of, matches in tests:  # noqa: SIM110 - a loop: no generator per job
+                if not matches(value_of(job, now, offset_s)):
+                    return False
+            return True
+
         found: list[Job] = []
-        for position in range(offset, len(candidates)):
-            job = self.find_job(candidates[position])
-            if job is None:
+        next_offset = None
+        for position, job in enumerate(self._candidates(query.uuids, query.offset), query.offset):
+            if job is None or job.purged(now, self.purge_after_s) or not passes(job):
                 continue
             if len(found) == limit:
-                return found, position
+                next_offset = position  # a job that passes: a `next` link never leads nowhere
+                break
             found.append(job)
-        return found, None
+        records = [job.as_ontap(now, offset_s, zone, query.fields) for job in found]
+        return records, next_offset
 
-    def job_object(self, job: Job) -> dict[str, Any]:
-        """The job's full ONTAP object now."""
-        return job.as_ontap(self.clock())
+    def _candidates(self, uuids: list[str] | None, offset: int) -> Iterator[Job | None]:
+        if uuids is None:
+            return islice(self._jobs.values(), offset, None)
+        return (self._jobs.get(uuid) for uuid in islice(uuids, offset, None))
 
     def transitions(self, uuid: str) -> tuple[Job, list[Transition]] | None:
         """The job (purged or not) and its transitions so far; None if it was never created."""
