@@ -13,8 +13,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from poller.broker import Topology as _Topology
-from poller.broker import delete_queues, watch_queue_arguments
+from poller.amqp import delete_queues
+from poller.amqp.broker import Topology as _Topology
+from poller.amqp.broker import watch_queue_arguments
 
 #: Events that end a watch: an end state of the job, or one of the watch.* outcomes.
 FINAL_KEYS = ("success", "failure", "cancelled", "expired")

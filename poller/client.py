@@ -21,18 +21,26 @@ import json
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from aio_pika.abc import AbstractConnection
+from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_binary
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
 
-from poller.broker import Received, Subscription, connect, publish_request
+from poller.amqp import connect
+from poller.amqp.subscriber import Received, Subscription, publish_request
 from poller.errors import BrokerError
+from poller.events import PROGRESS_TYPE, routing_key
 from poller.models import FINAL_STATES
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractConnection
 
 __all__ = ["Event", "connect", "exit_code", "publish_watch", "wait_for_final"]
 DEFAULT_QUEUE: Final = "ontap.jobs.watch"
 #: ``watch --wait`` exit codes by outcome.
 _EXIT_CODES: Final = {"success": 0, "failure": 1, "cancelled": 1, "expired": 1}
+_FORMAT: Final = JSONFormat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +60,19 @@ class Event:
     @property
     def kind(self) -> str:
         """``job``, ``progress`` or ``watch``."""
-        if self.type == "ontap.job.progress":
-            return "progress"
-        return self.type.removeprefix("ontap.").split(".", 1)[0]
+        return self.key.split(".", 1)[0]
 
     @property
     def outcome(self) -> str:
         """The job's state (``job``, ``progress``) or the watch's outcome (``watch``)."""
-        if self.kind == "progress":
-            return str(self.headers.get("ce-previousstate", ""))
-        return self.type.rsplit(".", 1)[-1]
+        return self.key.rsplit(".", 1)[-1]
 
     @property
     def key(self) -> str:
         """The routing key on the events exchange, also for a copy received on ``reply_to``."""
-        return f"{self.kind}.{self.headers.get('ce-cluster', '')}.{self.outcome}"
+        cluster = str(self.headers.get("ce-cluster", ""))
+        state = self.headers.get("ce-previousstate") if self.type == PROGRESS_TYPE else None
+        return routing_key(self.type, cluster, state)
 
     @property
     def final(self) -> bool:
@@ -74,9 +80,16 @@ class Event:
 
     @classmethod
     def from_received(cls, received: Received) -> Event:
+        """Read the CloudEvent with the cloudevents SDK; a body that is not one is kept as text."""
+        headers = {k: str(v) for k, v in received.headers.items()}
         try:
-            data = json.loads(received.body)
-        except ValueError:
+            cloudevent = from_binary(
+                RabbitMQMessage(headers, received.content_type, received.body), _FORMAT
+            )
+            data = cloudevent.get_data()
+        except (BaseCloudEventException, ValueError, TypeError, KeyError):
+            data = None  # not a CloudEvent: shown as it came
+        if not isinstance(data, dict):
             data = {"raw": received.body.decode(errors="replace")}
         return cls(received.routing_key, received.headers, received.properties, data)
 

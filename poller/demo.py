@@ -12,7 +12,7 @@ import sys
 import uuid as uuidlib
 from typing import Any, TextIO
 
-from poller.broker import connect, delete_queues, queue_exists
+from poller.amqp import connect, delete_queues, queue_exists
 from poller.client import Event, exit_code, wait_for_final
 from poller.config import ClusterSettings, Settings
 from poller.runner import run_worker

@@ -23,6 +23,7 @@ from poller.tracking import Change, Outcome
 
 APP_ID: Final = "ontap-job-poller"
 CONTENT_TYPE: Final = "application/json"
+PROGRESS_TYPE: Final = "ontap.job.progress"
 _FORMAT: Final = JSONFormat()
 
 
@@ -66,16 +67,28 @@ def watch_id(cluster: str, job_uuid: str, outcome: Outcome, watch_key: str) -> s
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
+def routing_key(ce_type: str, cluster: str, state: str | None) -> str:
+    """The routing key of an event, from its ``ce-type``, cluster and the job's current state.
+
+    ``job.<cluster>.<state>``, ``progress.<cluster>.<state>`` or ``watch.<cluster>.<outcome>``:
+    subscribers reading a copy from a ``reply_to`` queue (routed by queue name) rebuild it so.
+    """
+    if ce_type == PROGRESS_TYPE:
+        return f"progress.{cluster}.{state or ''}"
+    kind, _, name = ce_type.removeprefix("ontap.").partition(".")
+    return f"{kind}.{cluster}.{name}"
+
+
 def job_event(cluster: str, job_uuid: str, change: Change, seen_at: datetime) -> Envelope:
     """``job.<cluster>.<state>`` or ``progress.<cluster>.<state>`` for one change."""
     if change.kind == "state":
         event_id = change_id(cluster, job_uuid, change.index, change.state)
-        routing_key, ce_type = f"job.{cluster}.{change.state}", f"ontap.job.{change.state}"
+        ce_type = f"ontap.job.{change.state}"
     else:
         event_id = progress_id(cluster, job_uuid, change.index, change.state, change.job.message)
-        routing_key, ce_type = f"progress.{cluster}.{change.state}", "ontap.job.progress"
+        ce_type = PROGRESS_TYPE
     return _envelope(
-        routing_key=routing_key,
+        routing_key=routing_key(ce_type, cluster, change.state),
         event_id=event_id,
         ce_type=ce_type,
         cluster=cluster,
@@ -98,10 +111,11 @@ def watch_event(
     seen_at: datetime,
 ) -> Envelope:
     """``watch.<cluster>.<outcome>``: the watch ended without ONTAP reporting an end state."""
+    ce_type = f"ontap.watch.{outcome.value}"
     return _envelope(
-        routing_key=f"watch.{cluster}.{outcome.value}",
+        routing_key=routing_key(ce_type, cluster, previous_state),
         event_id=watch_id(cluster, job_uuid, outcome, watch_key),
-        ce_type=f"ontap.watch.{outcome.value}",
+        ce_type=ce_type,
         cluster=cluster,
         job_uuid=job_uuid,
         previous_state=previous_state,

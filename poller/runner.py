@@ -7,7 +7,7 @@ import signal
 
 import structlog
 
-from poller.broker import Broker, Topology
+from poller.amqp.broker import Broker, Topology
 from poller.config import Settings
 from poller.metrics import Metrics
 from poller.ops import OpsServer, create_ops_app

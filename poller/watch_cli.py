@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
-from poller.broker import Subscription, connect
+from poller.amqp import connect
+from poller.amqp.subscriber import Subscription
 from poller.client import Event, exit_code, publish_watch, wait_for_final
 from poller.config import Settings
 

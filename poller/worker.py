@@ -17,7 +17,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from poller import checkpoint
-from poller.broker import Broker, Delivery
+from poller.amqp.broker import Broker, Delivery
 from poller.checkpoint import Checkpoint
 from poller.config import Settings
 from poller.errors import BrokerError, InvalidRequest

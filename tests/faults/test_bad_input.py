@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from poller.broker import DELIVERY_LIMIT
+from poller.amqp.broker import DELIVERY_LIMIT
 from poller.simulator import Simulator, running_simulator
 from tests.faults.conftest import (
     PASSWORD,

@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from poller.broker import delete_queues
+from poller.amqp import delete_queues
 from poller.client import Event
 from poller.config import ClusterSettings, Settings
 from poller.runner import run_worker
@@ -117,7 +117,7 @@ async def start_worker(amqp_url: str) -> AsyncIterator[Callable[[Settings], Any]
 
 
 async def wait_for_queue(amqp_url: str, queue: str, task: asyncio.Task[None] | None = None) -> None:
-    from poller.broker import queue_exists
+    from poller.amqp import queue_exists
 
     connection = await aio_pika.connect(amqp_url)
     async with connection:

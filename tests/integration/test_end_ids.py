@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from poller.broker import delete_queues
+from poller.amqp import delete_queues
 from tests.contract import end_id, event_id
 from tests.faults.worker_process import WorkerProcess
 from tests.integration.conftest import PASSWORD, USER, Names

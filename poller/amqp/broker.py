@@ -1,17 +1,15 @@
-"""The only module that speaks AMQP (aio-pika).
+"""The worker's side of RabbitMQ: topology, watch requests in, events out.
 
 It declares the topology, consumes watch requests, and publishes with publisher confirms: events to
 the topic exchange, copies to ``reply_to``, checkpoints back to the watch queue, and rejected requests
-to the dead-letter queue. aio-pika's errors become ``BrokerError`` here. A ``Delivery`` knows whether
-the channel it came on is still open: a delivery from a dead channel is never acknowledged, since the
-broker has already given it back to the queue.
+to the dead-letter queue. A ``Delivery`` knows whether the channel it came on is still open: a
+delivery from a dead channel is never acknowledged, since the broker has already given it back to
+the queue.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,25 +23,22 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-    wait_random,
-)
+from aio_pika.exceptions import ChannelInvalidStateError
 
-from poller.errors import BrokerError, NotRouted
+from poller.amqp.connection import (
+    PUBLISH_TIMEOUT_S,
+    broker_errors,
+    connect,
+    publish_mandatory,
+)
+from poller.errors import BrokerError
 from poller.events import APP_ID, Envelope
 
 ERROR_HEADER: Final = "x-poller-error"
-PUBLISH_TIMEOUT_S: Final = 30.0
 #: Redeliveries before the broker itself dead-letters a request. On RabbitMQ 3.10 a channel closed
 #: with the message unacknowledged counts too, so this leaves room for many crashes and outages;
 #: every checkpoint starts a fresh message with a fresh count.
 DELIVERY_LIMIT: Final = 50
-_BROKER_FAILURES: Final = (AMQPError, ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
 log = structlog.get_logger(__name__)
 
 
@@ -88,20 +83,16 @@ class Delivery:
         if self.stale:
             raise BrokerError("channel closed; the broker redelivers this request")
         self._settled = True
-        try:
+        with broker_errors("ack failed"):
             await self._message.ack()
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"ack failed: {exc!r}") from exc
 
     async def give_back(self) -> None:
         """Return the delivery to the queue now (``basic.nack`` with requeue), at most once."""
         if self._settled or self.stale:
             return
         self._settled = True
-        try:
+        with broker_errors("nack failed"):
             await self._message.nack(requeue=True)
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"nack failed: {exc!r}") from exc
 
     def copy(self, extra_headers: dict[str, Any]) -> aio_pika.Message:
         """Same body and properties, plus headers: for checkpoints and dead-lettering."""
@@ -143,7 +134,7 @@ class Broker:
     async def declare(self, prefetch: int) -> None:
         """Declare the watch queue, the dead-letter queue and the events exchange (idempotent)."""
         t = self.topology
-        try:
+        with broker_errors("cannot declare the topology"):
             self._channel = await self.connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
@@ -157,8 +148,6 @@ class Broker:
             self._exchange = await self._channel.declare_exchange(
                 t.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"cannot declare the topology: {exc}") from exc
 
     @property
     def consuming(self) -> bool:
@@ -182,9 +171,10 @@ class Broker:
             return
         tag, self._consumer_tag = self._consumer_tag, None
         try:
-            await self._queue.cancel(tag)
-        except _BROKER_FAILURES as exc:
-            log.warning("broker.cancel_failed", error=repr(exc))
+            with broker_errors("cancel failed"):
+                await self._queue.cancel(tag)
+        except BrokerError as exc:
+            log.warning("broker.cancel_failed", error=str(exc))
 
     async def publish_event(self, envelope: Envelope) -> None:
         """To the events exchange; returns once the broker confirmed it."""
@@ -227,9 +217,10 @@ class Broker:
 
     async def close(self) -> None:
         try:
-            await self.connection.close()
-        except _BROKER_FAILURES as exc:
-            log.warning("broker.close_failed", error=repr(exc))
+            with broker_errors("close failed"):
+                await self.connection.close()
+        except BrokerError as exc:
+            log.warning("broker.close_failed", error=str(exc))
 
     def _default(self) -> AbstractExchange:
         assert self._channel is not None, "declare() first"
@@ -238,15 +229,11 @@ class Broker:
     async def _publish(
         self, exchange: AbstractExchange, message: aio_pika.Message, key: str, *, mandatory: bool
     ) -> None:
-        try:
+        with broker_errors(f"publish to {key!r} failed"):
             if mandatory:
-                await _publish_to(exchange, message, key)
+                await publish_mandatory(exchange, message, key)
             else:
                 await exchange.publish(message, key, mandatory=False, timeout=PUBLISH_TIMEOUT_S)
-        except BrokerError:
-            raise
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"publish to {key!r} failed: {exc!r}") from exc
 
 
 def watch_queue_arguments(topology: Topology) -> dict[str, Any]:
@@ -273,171 +260,3 @@ def _message(envelope: Envelope) -> aio_pika.Message:
         app_id=APP_ID,
         correlation_id=envelope.correlation_id,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """An event as a subscriber gets it: routing key, AMQP properties, ``ce-*`` headers, body."""
-
-    routing_key: str
-    headers: dict[str, Any]
-    body: bytes
-    content_type: str | None
-    properties: dict[str, Any]
-
-
-async def publish_request(
-    connection: AbstractRobustConnection | aio_pika.abc.AbstractConnection,
-    queue: str,
-    body: bytes,
-    *,
-    correlation_id: str | None = None,
-    reply_to: str | None = None,
-    message_id: str | None = None,
-) -> None:
-    """Publish a watch request, mandatory and confirmed: ``NotRouted`` when no queue exists."""
-    message = aio_pika.Message(
-        body=body,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=correlation_id,
-        reply_to=reply_to,
-        message_id=message_id,
-        app_id=APP_ID,
-    )
-    try:
-        async with connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
-            await _publish_to(channel.default_exchange, message, queue)
-    except BrokerError:
-        raise
-    except _BROKER_FAILURES as exc:
-        raise BrokerError(f"publish to {queue!r} failed: {exc!r}") from exc
-
-
-async def _publish_to(exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
-    try:
-        await exchange.publish(message, key, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
-    except PublishError as exc:
-        raise NotRouted(f"no queue named {key!r}: is a worker running?") from exc
-
-
-class Subscription:
-    """A private, auto-deleted queue that receives events: bound to the exchange, or a reply queue."""
-
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
-        self._channel = channel
-        self.queue = queue
-
-    @property
-    def name(self) -> str:
-        return self.queue.name
-
-    @classmethod
-    async def open(
-        cls,
-        connection: AbstractRobustConnection | aio_pika.abc.AbstractConnection,
-        *,
-        exchange: str | None = None,
-        bindings: tuple[str, ...] = (),
-    ) -> Subscription:
-        try:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            if exchange is not None:
-                topic = await channel.declare_exchange(
-                    exchange, aio_pika.ExchangeType.TOPIC, durable=True
-                )
-                for key in bindings:
-                    await queue.bind(topic, key)
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"cannot subscribe: {exc!r}") from exc
-        return cls(channel, queue)
-
-    async def __aiter__(self) -> AsyncIterator[Received]:
-        try:
-            async with self.queue.iterator(no_ack=True) as messages:
-                async for message in messages:
-                    yield _received(message)
-        except _BROKER_FAILURES as exc:
-            raise BrokerError(f"subscription lost: {exc!r}") from exc
-
-    async def close(self) -> None:
-        with contextlib.suppress(*_BROKER_FAILURES):
-            await self._channel.close()
-
-
-def _received(message: AbstractIncomingMessage) -> Received:
-    properties = {
-        "content_type": message.content_type,
-        "message_id": message.message_id,
-        "correlation_id": message.correlation_id,
-        "type": message.type,
-        "app_id": message.app_id,
-        "delivery_mode": int(message.delivery_mode) if message.delivery_mode else None,
-        "timestamp": message.timestamp.isoformat() if message.timestamp else None,
-    }
-    headers = {
-        k: v.decode() if isinstance(v, bytes) else v for k, v in (message.headers or {}).items()
-    }
-    return Received(
-        routing_key=message.routing_key or "",
-        headers=headers,
-        body=message.body,
-        content_type=message.content_type,
-        properties=properties,
-    )
-
-
-async def connect(url: str, *, name: str = APP_ID, wait_s: float = 0.0) -> AbstractRobustConnection:
-    """A robust connection; ``BrokerError`` when RabbitMQ is still unreachable after ``wait_s``.
-
-    A worker started beside its broker (compose, Kubernetes) waits for it instead of crash-looping;
-    once connected, aio-pika's robust connection takes over reconnecting.
-    """
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(_BROKER_FAILURES),
-        stop=stop_after_delay(wait_s),
-        # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9.2, `multiplier`
-        # does not exist before it, and pyproject allows both.
-        wait=wait_exponential(multiplier=0.5, max=5.0) + wait_random(0, 1.0),
-        before_sleep=lambda state: log.warning(
-            "broker.connect_retrying",
-            attempt=state.attempt_number,
-            error=repr(state.outcome.exception() if state.outcome else None),
-        ),
-        reraise=True,
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                return await aio_pika.connect_robust(
-                    url, client_properties={"connection_name": name}
-                )
-    except _BROKER_FAILURES as exc:
-        raise BrokerError(f"cannot connect to RabbitMQ: {exc}") from exc
-    raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
-
-
-async def queue_exists(connection: aio_pika.abc.AbstractConnection, name: str) -> bool:
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(name, passive=True)
-    except aio_pika.exceptions.ChannelNotFoundEntity:
-        return False
-    finally:
-        with contextlib.suppress(*_BROKER_FAILURES):
-            await channel.close()
-    return True
-
-
-async def delete_queues(connection: aio_pika.abc.AbstractConnection, names: list[str]) -> None:
-    """Delete queues (the demo's and the tests'); missing ones are fine."""
-    for name in names:
-        channel = await connection.channel()
-        try:
-            await channel.queue_delete(name)
-        except _BROKER_FAILURES as exc:
-            log.debug("broker.queue_delete_failed", queue=name, error=repr(exc))
-        finally:
-            with contextlib.suppress(*_BROKER_FAILURES):
-                await channel.close()
