@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from poller.errors import InvalidRequest
 from poller.tracking import Progress
@@ -25,45 +27,49 @@ class Checkpoint:
     progress: Progress = field(default_factory=Progress)
 
 
+def _absent_unless(kind: type) -> BeforeValidator:
+    # An optional part of the wrong type reads as absent: the progress stays usable, and at
+    # worst a change is published again under the id it already had.
+    return BeforeValidator(lambda value: value if isinstance(value, kind) else None)
+
+
+class _Header(BaseModel):
+    """The header's JSON object, version 1. Every key must be present; unknown ones are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1]
+    watch_id: Annotated[str, BeforeValidator(str)]
+    deadline_at: float
+    state: Annotated[str | None, _absent_unless(str)]
+    #: ``n`` of the contract: changes of state published so far.
+    changes: Annotated[int, Field(strict=True, ge=0)]
+    message: Annotated[str | None, _absent_unless(str)]
+    job: Annotated[dict[str, Any] | None, _absent_unless(dict)]
+
+
 def encode(checkpoint: Checkpoint) -> str:
+    """Compact, ASCII-only JSON: it rides in every re-enqueued request, whatever ONTAP says."""
     p = checkpoint.progress
-    return json.dumps(
-        {
-            "v": VERSION,
-            "watch_id": checkpoint.watch_id,
-            "deadline_at": checkpoint.deadline_at,
-            "state": p.state,
-            "changes": p.changes,
-            "message": p.message,
-            "job": p.job,
-        },
-        separators=(",", ":"),
+    header = _Header(
+        v=VERSION,
+        watch_id=checkpoint.watch_id,
+        deadline_at=checkpoint.deadline_at,
+        state=p.state,
+        changes=p.changes,
+        message=p.message,
+        job=p.job,
     )
+    return json.dumps(header.model_dump(), separators=(",", ":"))
 
 
 def decode(value: Any) -> Checkpoint:
     """Read the header back; a forged or damaged one makes the request invalid, not the worker."""
     try:
         text = value.decode() if isinstance(value, bytes) else value
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("v") != VERSION:
-            raise ValueError("unknown checkpoint version")
-        state, message, job = data["state"], data["message"], data["job"]
-        changes = data["changes"]
-        progress = Progress(
-            state=state if isinstance(state, str) else None,
-            changes=changes if isinstance(changes, int) and changes >= 0 else _bad("changes"),
-            message=message if isinstance(message, str) else None,
-            job=job if isinstance(job, dict) else None,
-        )
-        return Checkpoint(
-            watch_id=str(data["watch_id"]),
-            deadline_at=float(data["deadline_at"]),
-            progress=progress,
-        )
-    except (TypeError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"{HEADER}: unreadable ({exc})", kind="checkpoint") from None
-
-
-def _bad(name: str) -> int:
-    raise ValueError(f"bad {name}")
+        header = _Header.model_validate_json(text)
+    except (TypeError, ValueError, UnicodeDecodeError, ValidationError) as exc:
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise InvalidRequest(f"{HEADER}: unreadable ({reason})", kind="checkpoint") from None
+    progress = Progress(header.state, header.changes, header.message, header.job)
+    return Checkpoint(header.watch_id, header.deadline_at, progress)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -24,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -115,11 +118,43 @@ class ClusterSettings(BaseModel):
         return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
 
 
+class EnvCluster(BaseModel):
+    """One cluster by environment alone (``POLLER_ONTAP_*``), as compose files give it.
+
+    Checked as a ``ClusterSettings`` when merged, with errors naming the ``ontap_*`` key.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    url: Annotated[str | None, Field(description="Its `url`; set it to turn the shortcut on.")] = (
+        None
+    )
+    username: Annotated[str | None, Field(description="Its `username`.")] = None
+    password: Annotated[
+        SecretStr | None, Field(description="Its `password` (or use `ontap_password_file`).")
+    ] = None
+    password_file: Annotated[
+        Path | None, Field(description="Its `password_file`, e.g. a Docker secret.")
+    ] = None
+    verify: Annotated[TlsVerify, Field(description="Its `verify`.")] = True
+    name: Annotated[str, Field(description="Its cluster name.")] = "default"
+
+
+#: The environment ``load_settings`` was asked to read, when not the process's own.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("poller_environ", default=None)
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI read from configuration (INTERFACE §2)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="POLLER_", extra="forbid", frozen=True, case_sensitive=False
+        env_prefix="POLLER_",
+        # POLLER_ONTAP_URL -> ontap.url, POLLER_ONTAP_PASSWORD_FILE -> ontap.password_file.
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
     )
 
     amqp_url: str = Field(
@@ -178,21 +213,11 @@ class Settings(BaseSettings):
         default_factory=dict, description="The ONTAP clusters, one `[clusters.NAME]` table each."
     )
 
-    # The single-cluster shortcut for compose: POLLER_ONTAP_URL and friends.
-    ontap_url: Annotated[str | None, Field(description="One cluster by env alone: its `url`.")] = (
-        None
+    # The single-cluster shortcut for compose: POLLER_ONTAP_URL and friends (``ontap_*``).
+    ontap: EnvCluster | None = Field(
+        default=None,
+        description="One cluster by environment alone (`POLLER_ONTAP_*`), added to `clusters`.",
     )
-    ontap_username: Annotated[str | None, Field(description="The `username` of that cluster.")] = (
-        None
-    )
-    ontap_password: Annotated[
-        SecretStr | None, Field(description="Its `password` (or use `ontap_password_file`).")
-    ] = None
-    ontap_password_file: Annotated[
-        Path | None, Field(description="Its `password_file`, e.g. a Docker secret.")
-    ] = None
-    ontap_verify: Annotated[TlsVerify, Field(description="Its `verify`.")] = True
-    ontap_name: Annotated[str, Field(description="Its cluster name.")] = "default"
 
     @classmethod
     def settings_customise_sources(
@@ -203,8 +228,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init kwargs; the environment overrides it.
-        return env_settings, init_settings
+        # The TOML file arrives as init kwargs; the environment overrides it. Tests and callers
+        # of load_settings may name an environment of their own instead of the process's.
+        environ = _ENVIRON.get()
+        env = env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
+        return env, init_settings
 
     @field_validator("amqp_url")
     @classmethod
@@ -221,37 +249,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a cluster name ([a-z0-9][a-z0-9_-]{{0,62}})")
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.poll_interval_min > self.poll_interval_max:
-            raise ValueError("poll_interval_min must not exceed poll_interval_max")
-        if self.ontap_url is not None:
-            self._add_env_cluster()
-        return self
-
-    def _add_env_cluster(self) -> None:
-        if not CLUSTER_NAME.fullmatch(self.ontap_name):
-            raise ValueError(f"ontap_name: {self.ontap_name!r} is not a cluster name")
-        if self.ontap_name in self.clusters:
-            raise ValueError(f"ontap_name: cluster {self.ontap_name!r} is also in [clusters]")
-        if self.ontap_username is None:
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_env_cluster(cls, data: Any) -> Any:
+        """Move the ``POLLER_ONTAP_*`` cluster into ``clusters`` before anything is validated."""
+        if not isinstance(data, dict) or not isinstance(data.get("ontap"), dict):
+            return data
+        data = dict(data)
+        values = dict(data.pop("ontap"))
+        if values.get("url") is None:
+            return data  # the shortcut is off until POLLER_ONTAP_URL names a cluster
+        name = values.pop("name", "default")
+        if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
+            raise ValueError(f"ontap_name: {name!r} is not a cluster name")
+        clusters = dict(data.get("clusters") or {})
+        if name in clusters:
+            raise ValueError(f"ontap_name: cluster {name!r} is also in [clusters]")
+        if values.get("username") is None:
             raise ValueError("ontap_username: required with ontap_url")
         try:
-            cluster = ClusterSettings(
-                url=self.ontap_url or "",
-                username=self.ontap_username,
-                password=self.ontap_password,
-                password_file=self.ontap_password_file,
-                verify=self.ontap_verify,
-            )
+            clusters[name] = ClusterSettings.model_validate(values)
         except ValidationError as exc:
-            # Name the variables the user sets, not the fields of the cluster model.
+            # Name the variables the operator sets, not the fields of the cluster model.
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else "password"
             message = str(err["msg"]).removeprefix("Value error, ")
             raise ValueError(f"ontap_{field}: {message}") from None
-        # Frozen model: the merged view is built once, here, during validation.
-        object.__setattr__(self, "clusters", {**self.clusters, self.ontap_name: cluster})
+        data["clusters"] = clusters
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.poll_interval_min > self.poll_interval_max:
+            raise ValueError("poll_interval_min must not exceed poll_interval_max")
+        return self
 
     def cluster_names(self) -> frozenset[str]:
         return frozenset(self.clusters)
@@ -264,6 +295,13 @@ class Settings(BaseSettings):
             )
 
 
+def env_variables() -> frozenset[str]:
+    """Every ``POLLER_*`` variable the settings read, ``POLLER_CONFIG`` aside."""
+    top = {f"POLLER_{name.upper()}" for name in Settings.model_fields if name != "ontap"}
+    shortcut = {f"POLLER_ONTAP_{name.upper()}" for name in EnvCluster.model_fields}
+    return frozenset(top | shortcut)
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -272,10 +310,8 @@ def load_settings(
     path = path or env.get("POLLER_CONFIG") or None
     data = _read_toml(Path(path)) if path else {}
     try:
-        if environ is None:
+        with _environment(environ):
             settings = Settings(**data)
-        else:
-            settings = _with_environ(environ, data)
         for name, cluster in settings.clusters.items():
             _check_password_file(name, cluster)
     except ValidationError as exc:
@@ -286,16 +322,26 @@ def load_settings(
     return settings
 
 
-def _with_environ(environ: Mapping[str, str], data: dict[str, Any]) -> Settings:
-    # pydantic-settings reads os.environ; tests pass their own mapping, swapped in for the call.
-    saved = dict(os.environ)
+@contextmanager
+def _environment(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
     try:
-        os.environ.clear()
-        os.environ.update(environ)
-        return Settings(**data)
+        yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _ENVIRON.reset(token)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.case_sensitive:
+            return dict(self._environ)
+        return {key.lower(): value for key, value in self._environ.items()}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from poller.config import ClusterSettings, Settings
+from poller.config import ClusterSettings, EnvCluster, Settings
 from poller.metrics import Metrics
 
 OPERATIONS_MD: Final = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 #: Keys of ``Settings`` that are not plain top-level settings: shown in tables of their own.
-_SHORTCUT_PREFIX: Final = "ontap_"
+_TABLES: Final = frozenset({"clusters", "ontap"})
 _BOUNDS: Final[list[tuple[type[Any], str, str]]] = [
     (annotated_types.Gt, "gt", "> {}"),
     (annotated_types.Ge, "ge", "≥ {}"),
@@ -88,13 +88,14 @@ def _table(
     fields: dict[str, FieldInfo],
     key: Callable[[str], str],
     headings: tuple[str, ...] = ("key", "env", "type", "default", "meaning"),
+    prefix: str = "",
 ) -> list[str]:
     lines = [_row(headings), _row(["---"] * len(headings))]
     for name, field in fields.items():
         meaning = field.description or ""
         if bounds := bounds_text(field):
             meaning = f"{meaning} Range: {bounds}."
-        cells = [key(name), f"`POLLER_{name.upper()}`"]
+        cells = [key(prefix + name), f"`POLLER_{(prefix + name).upper()}`"]
         cells += [type_name(field.annotation), default_text(field), meaning]
         if "env" not in headings:
             del cells[1]
@@ -104,11 +105,7 @@ def _table(
 
 def render_config() -> str:
     """Three tables: top-level keys, the keys of a cluster, the single-cluster env shortcut."""
-    fields = Settings.model_fields
-    top = {
-        n: f for n, f in fields.items() if n != "clusters" and not n.startswith(_SHORTCUT_PREFIX)
-    }
-    shortcut = {n: f for n, f in fields.items() if n.startswith(_SHORTCUT_PREFIX)}
+    top = {n: f for n, f in Settings.model_fields.items() if n not in _TABLES}
     lines = ["Top-level keys (file, or env `POLLER_<KEY>`, which wins):", ""]
     lines += _table(top, lambda n: f"`{n}`")
     lines += ["", "Keys of one `[clusters.NAME]` table:", ""]
@@ -118,11 +115,7 @@ def render_config() -> str:
         headings=("key", "type", "default", "meaning"),
     )
     lines += ["", "One cluster by environment alone (set `POLLER_ONTAP_URL` to use it):", ""]
-    lines += _table(
-        shortcut,
-        lambda n: f"`{n}`",
-        headings=("key", "env", "type", "default", "meaning"),
-    )
+    lines += _table(EnvCluster.model_fields, lambda n: f"`{n}`", prefix="ontap_")
     return "\n".join(lines) + "\n"
 
 

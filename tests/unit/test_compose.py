@@ -22,13 +22,13 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from poller.config import Settings, load_settings
+from poller.config import Settings, env_variables, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 SECRETS_DIR = "/run/secrets/"
 #: Env keys that are not settings but that the settings loader reads all the same.
-LOADER_KEYS = {"POLLER_CONFIG"}
+LOADER_KEYS = frozenset({"POLLER_CONFIG"})
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|cc|make|build-essential|clang|python3?-dev|libc6?-dev)\b")
 
 
@@ -70,14 +70,8 @@ def poller_settings(compose: dict[str, Any], service: str, base: Path) -> Settin
 
 
 def unknown_keys(environment: dict[str, Any]) -> list[str]:
-    fields = set(Settings.model_fields)
-    return [
-        key
-        for key in environment
-        if key.startswith("POLLER_")
-        and key not in LOADER_KEYS
-        and key.removeprefix("POLLER_").lower() not in fields
-    ]
+    known = env_variables() | LOADER_KEYS
+    return [key for key in environment if key.startswith("POLLER_") and key not in known]
 
 
 def test_compose_yaml_follows_the_compose_specification() -> None:

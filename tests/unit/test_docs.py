@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from poller import docs
-from poller.config import ClusterSettings, Settings
+from poller.config import ClusterSettings, EnvCluster, Settings
 from poller.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +51,10 @@ def test_every_setting_and_metric_appears_in_the_reference() -> None:
     """Each key (with its env name) and each metric has a row of its own."""
     text = OPERATIONS.read_text(encoding="utf-8")
     for name in Settings.model_fields:
-        if name != "clusters":
+        if name not in {"clusters", "ontap"}:
             assert f"| `{name}` | `POLLER_{name.upper()}` |" in text
+    for name in EnvCluster.model_fields:
+        assert f"| `ontap_{name}` | `POLLER_ONTAP_{name.upper()}` |" in text
     for name in ClusterSettings.model_fields:
         assert f"| `{name}` |" in text
     for collector in Metrics().registry.collect():
@@ -76,7 +78,7 @@ def test_defaults_read_as_toml() -> None:
     """Booleans lower case, strings quoted, no value as `none`, required fields say so."""
     assert docs.default_text(Settings.model_fields["publish_progress"]) == "`false`"
     assert docs.default_text(Settings.model_fields["watch_queue"]) == '`"ontap.jobs.watch"`'
-    assert docs.default_text(Settings.model_fields["ontap_url"]) == "none"
+    assert docs.default_text(EnvCluster.model_fields["url"]) == "none"
     assert docs.default_text(ClusterSettings.model_fields["url"]) == "required"
 
 
