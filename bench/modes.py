@@ -187,6 +187,7 @@ class Bench:
             names=names,
             sim_url=self.sim_url,
             batch=mode != "per-job",
+            feed=mode != "per-job",
             http_port=port,
             poll_interval_min_s=self.plan.poll_interval_min_s,
             poll_interval_max_s=self.plan.poll_interval_max_s,

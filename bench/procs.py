@@ -159,6 +159,7 @@ def worker_config(
     names: dict[str, str],
     sim_url: str,
     batch: bool,
+    feed: bool = True,
     http_port: int,
     poll_interval_min_s: float,
     poll_interval_max_s: float,
@@ -180,6 +181,7 @@ def worker_config(
         f'username = "{SIM_USER}"\n'
         f'password = "{SIM_PASSWORD}"\n'
         f"batch = {'true' if batch else 'false'}\n"
+        f"feed = {'true' if feed else 'false'}\n"
     )
     return path
 

@@ -95,6 +95,20 @@ class ClusterSettings(BaseModel):
     request_timeout: Annotated[
         float, Field(gt=0, le=600, description="Seconds allowed for one HTTP call.")
     ] = 30.0
+    feed: Annotated[
+        bool,
+        Field(
+            description="Learn of changes with a fixed number of calls per tick (the change "
+            "feed: `end_time` and `state` filters); `false`: read watched jobs by uuid alone."
+        ),
+    ] = True
+    discover: Annotated[
+        bool,
+        Field(
+            description="Publish every job of this cluster, watched or not (one worker at a "
+            "time discovers a cluster; the others stand by)."
+        ),
+    ] = False
 
     @field_validator("url")
     @classmethod

@@ -8,7 +8,8 @@ their boundary, so the rest of the code never catches a third-party exception::
     ├── InvalidRequest         a watch request is malformed; it is dead-lettered with the reason
     ├── OntapError             a call to ONTAP did not produce a job
     │   ├── OntapRefused       ONTAP answered with an error that retrying will not fix (401, 403, 4xx)
-    │   │   └── JobNotFound    ONTAP answered 404 / "entry doesn't exist"
+    │   │   ├── JobNotFound    ONTAP answered 404 / "entry doesn't exist"
+    │   │   └── FilterRefused  ONTAP answered 400 to a query's filters (an old release, a proxy)
     │   └── OntapUnavailable   transient failures outlasted the retry budget (network, 5xx, 429, 503)
     └── BrokerError            RabbitMQ could not take a message
         └── NotRouted          a mandatory publish found no queue (no worker has declared it yet)
@@ -58,6 +59,10 @@ class OntapRefused(OntapError):
 
 class JobNotFound(OntapRefused):
     """ONTAP does not know the job: never existed, or purged after it ended."""
+
+
+class FilterRefused(OntapRefused):
+    """ONTAP refused the filters of a collection query (400): the change feed cannot be used."""
 
 
 class OntapUnavailable(OntapError):

@@ -19,7 +19,8 @@ class Metrics:
         )
         self.ontap_requests = Counter(
             "ontap_poller_ontap_requests",
-            "HTTP calls to ONTAP, by endpoint and outcome (ok, not_found, refused, transient).",
+            "HTTP calls to ONTAP, by endpoint (ends and active: the change feed; collection: "
+            "uuid batches; single) and outcome (ok, not_found, refused, filter_refused, transient).",
             ["cluster", "endpoint", "outcome"],
             registry=r,
         )
@@ -44,6 +45,25 @@ class Metrics:
         )
         self.checkpoints = Counter(
             "ontap_poller_checkpoints", "Watches re-enqueued with their progress.", registry=r
+        )
+        self.feed_enabled = Gauge(
+            "ontap_poller_feed_enabled",
+            "1 while the change feed serves the cluster; 0 when it reads watched jobs by uuid "
+            "alone (feed = false, or the cluster refused the feed's filters).",
+            ["cluster"],
+            registry=r,
+        )
+        self.jobs_discovered = Counter(
+            "ontap_poller_jobs_discovered",
+            "Jobs published because their cluster is discovered, not because they are watched.",
+            ["cluster"],
+            registry=r,
+        )
+        self.discoverer = Gauge(
+            "ontap_poller_discoverer",
+            "1 while this worker discovers the cluster (it holds the lease); 0 while it stands by.",
+            ["cluster"],
+            registry=r,
         )
         self.reconnects = Counter(
             "ontap_poller_broker_reconnects", "Reconnections to RabbitMQ.", registry=r

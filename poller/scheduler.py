@@ -1,157 +1,199 @@
-"""Per-cluster polling: which jobs are due, one collection call for many of them, a bound on calls.
+"""Per-cluster reads: what to ask ONTAP, and when.
 
-One ``ClusterScheduler`` per configured cluster. Each job keeps its own next-poll time (backoff per
-job); at each tick the scheduler gathers the jobs that are due, or nearly due, and reads them with
-the collection endpoint in chunks that keep the URL short. A job missing from an answer is confirmed
-with a single GET. At most ``max_concurrent_requests`` calls run at once.
+One ``ClusterScheduler`` per configured cluster. It makes every call to ONTAP and owns all of their
+timing; what an answer means for watches is the dispatcher's business (the ``Sink``), which answers
+each observation with an explicit ``Applied``. The scheduler never sees a watch.
 
-Due times sit in a heap, so a tick costs what is due, not what is watched (10,000 watches on one
-worker); housekeeping, which visits every watch, runs at most about once a second.
+With the change feed (``feed = true``, the default) a fixed number of calls learns what changed on
+the whole cluster, however many jobs are watched:
+
+- every ``poll_interval_min`` (a tick): ``end_time=>=T``, the jobs that ended since T, on the
+  cluster's own clock. An end reaches subscribers within about a tick.
+- ``state=queued|running|paused``, the active set, for the changes between start and end: after
+  ``poll_interval_min``, the gap growing to ``poll_interval_max`` while no watched job changes (a
+  change, or a new watch, resets it), as one job's reads would. A round returns every active job,
+  so a large active set is re-read less often (``_REFRESH_S_PER_JOB`` per active job), and never
+  less often than every ``poll_interval_max``; a burst of new watches brings a round forward.
+
+A watched job that no feed answer accounts for (new since the last round, gone from the active set,
+in a state outside it) is read by uuid, many per call (``reads.UuidReads``); a 404 is how a job
+becomes ``not_found``. A cluster that refuses the feed's filters (400), or says ``feed = false``,
+is read by uuid alone, each job on its own backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
-from poller import tracking
-from poller.errors import JobNotFound, OntapRefused, OntapUnavailable
+from poller.errors import FilterRefused, OntapRefused, OntapUnavailable
+from poller.feed import ACTIVE_STATES, PURGE_WINDOW_S, ClusterClock, EndsWindow, JobView
+from poller.handover import Handovers, Sink
 from poller.metrics import Metrics
-from poller.ontap import OntapClient
-from poller.tracking import Gone, Observation, Policy, Progress, Refused, Seen, Track, Unreachable
-from poller.watches import Dispatcher, JobEntry, Watch
+from poller.models import Job
+from poller.ontap import Answer
+from poller.reads import UuidReads
+from poller.tracking import Observation, Policy, Refused, Seen, next_interval
 
 log = structlog.get_logger(__name__)
-#: Jobs due within this fraction of poll_interval_min are polled together with those due now.
-_COALESCE_FRACTION = 0.25
-_COALESCE_MAX_S = 0.5
-_IDLE_WAKE_S = 5.0
-#: Housekeeping (dead deliveries, deadlines, checkpoint timers, empty entries) visits every watch,
-#: so it runs at most every _SWEEP_S_PER_ENTRY per tracked job, between these bounds: about 2% of
-#: a core at any size, deadlines kept to within 50 ms with few jobs and 1 s with 10,000.
-_SWEEP_MIN_S = 0.05
-_SWEEP_MAX_S = 1.0
-_SWEEP_S_PER_ENTRY = 2e-4
-#: Changes that are not a job's end are published this many at a time (see _apply_in_turn).
-_CHANGES_AT_ONCE = 64
-#: A job whose watches all left (to be re-enqueued with a checkpoint) is kept this long, unpolled,
-#: so that the copies coming back find its state, its backoff and its latest event.
-_EMPTY_GRACE_S = 30.0
-_ACTION_RETRY_S = 2.0
-#: How long the ids of ended watches are remembered, to settle their late copies.
-_ENDED_MEMORY_S = 600.0
+#: Jobs due within this fraction of poll_interval_min are read together with those due now.
+_COALESCE_FRACTION: Final = 0.25
+_COALESCE_MAX_S: Final = 0.5
+_IDLE_WAKE_S: Final = 5.0
+#: The gap between active rounds is at least this per active job: a round costs ONTAP one record
+#: per active job, so thousands of active jobs are re-read every few seconds, not every tick.
+_REFRESH_S_PER_JOB: Final = 0.002
+
+
+class Reader(Protocol):
+    """The calls to ONTAP the scheduler makes (``ontap.OntapClient``)."""
+
+    cluster: str
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]: ...
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer: ...
 
 
 class ClusterScheduler:
-    """Polls every job watched on one cluster and hands each observation to the dispatcher."""
+    """Reads one cluster's jobs and hands what changed to the sink."""
 
     def __init__(
         self,
-        client: OntapClient,
-        dispatcher: Dispatcher,
+        ontap: Reader,
+        sink: Sink,
         policy: Policy,
         *,
-        batch: bool,
-        batch_size: int,
-        max_concurrent_requests: int,
-        checkpoint_interval_s: float,
+        feed: bool = True,
+        batch: bool = True,
+        batch_size: int = 101,
+        purge_window_s: float = PURGE_WINDOW_S,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cluster = client.cluster
-        self.entries: dict[str, JobEntry] = {}
-        self._client = client
-        self.dispatcher = dispatcher
+        self.cluster = ontap.cluster
+        self._ontap = ontap
+        self._sink = sink
         self._policy = policy
-        self._batch = batch
-        self._batch_size = batch_size
-        self._calls = asyncio.Semaphore(max_concurrent_requests)
-        self._checkpoint_interval_s = checkpoint_interval_s
+        self._feed = feed
+        self._purge_window_s = purge_window_s
         self._metrics = metrics
         self._clock = clock
+        self._coalesce_s = min(policy.poll_interval_min_s * _COALESCE_FRACTION, _COALESCE_MAX_S)
+        self._reads = UuidReads(
+            policy, batch_size=batch_size if batch else 1, coalesce_s=self._coalesce_s
+        )
+        self._view = JobView(purge_window_s)
+        self._cluster_clock = ClusterClock()
+        self._window = EndsWindow()
+        self._handovers = Handovers(
+            sink,
+            self._view,
+            interest=self._interest,
+            ended=self.drop,
+            spawn=self._spawn,
+            wake=self.wake,
+            clock=clock,
+        )
+        self._discovering = False
+        self._next_ends_at = self._next_active_at = self._last_active_at = 0.0
+        self._ends_running = self._active_running = self._burst = False
+        #: The backoff of active rounds, whether a watched job changed since the last one, and
+        #: how many jobs the last one returned.
+        self._active_interval_s: float | None = None
+        self._active_moved = False
+        self._active_size = 0
+        self._idle_since: float | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._coalesce_s = min(policy.poll_interval_min_s * _COALESCE_FRACTION, _COALESCE_MAX_S)
-        #: (next_poll_at, tie-breaker, entry), one or more per entry; an item is current while its
-        #: time is the entry's next_poll_at, so rescheduling is a push and old items are skipped.
-        self._due: list[tuple[float, int, JobEntry]] = []
-        self._pushes = itertools.count()
-        self._next_sweep_at = 0.0
-        self._next_read_at = 0.0
-        self._changes = asyncio.Semaphore(_CHANGES_AT_ONCE)
+        if metrics is not None:
+            metrics.feed_enabled.labels(self.cluster).set(1 if feed else 0)
 
-    # -- watches in ------------------------------------------------------------------------------
+    # -- what to read ----------------------------------------------------------------------------
 
-    def add(self, watch: Watch, progress: Progress) -> tuple[JobEntry, bool]:
-        """Attach a watch to its job; True when the job was already being polled."""
-        uuid = watch.request.uuid
-        entry = self.entries.get(uuid)
-        joined = entry is not None
-        if entry is None:
-            # Not polled at once: requests tend to come in bursts, and a short wait lets one
-            # collection call read the whole burst.
-            entry = JobEntry(uuid, Track(progress=progress), self._clock() + self._coalesce_s)
-            self.entries[uuid] = entry
-            self._schedule(entry)
-        elif progress.changes > entry.track.progress.changes and not entry.lock.locked():
-            # This copy carries more of the job's history than the entry (its older twin came
-            # first, or another worker polled the job): go on from it, so that later changes get
-            # the n, hence the ce-id, that its earlier events were published with.
-            entry.track = replace(entry.track, progress=progress)
-        previous = entry.watches.get(watch.watch_id)
-        entry.watches[watch.watch_id] = watch
-        if joined and not entry.in_flight:
-            # It may have been due while all its watches were away (being re-enqueued), and
-            # skipped then; a second item for the same time is harmless.
-            self._schedule(entry)
-        entry.empty_since = None
-        if previous is not None and previous.delivery is not watch.delivery and not previous.busy:
-            # A second copy of the same watch (a checkpoint whose old delivery could not be
-            # acknowledged): settle the older one, or it would be held until the consumer timeout.
-            self._spawn(self.dispatcher.release(entry, previous))
+    def want(self, job_uuid: str, *, fresh: bool) -> None:
+        """Keep reading a watched job; ``fresh``: the dispatcher needs its first observation."""
+        self._reads.add(job_uuid)
+        if self._accounted(job_uuid):
+            # A new record needs the job as it is; returning watches need what changed meanwhile.
+            known = self._view.get(job_uuid) if fresh else self._view.news(job_uuid)
+            if known is not None:
+                self._handovers.offer(job_uuid, Seen(known), discovered=False)
+        elif not self._reads.in_flight(job_uuid):
+            # Not read at once: requests come in bursts, and a short wait reads the burst together.
+            now = self._clock()
+            self._reads.schedule(job_uuid, now + self._coalesce_s)
+            # A new job changes soon after it starts: the next active round comes early too.
+            self._active_moved = True
+            self._next_active_at = min(
+                self._next_active_at, max(now, self._last_active_at) + self._active_gap_s(None)
+            )
         self._wake.set()
-        return entry, joined
 
-    def settle_if_ended(self, watch: Watch) -> bool:
-        """True when ``watch`` already ended here: its late copy is then settled, not polled."""
-        if not self.dispatcher.has_ended(watch.watch_id):
-            return False
-        self._spawn(self.dispatcher.settle_late_copy(watch))
-        return True
+    def drop(self, job_uuid: str) -> None:
+        """Nobody waits on the job any longer (its watches ended, or are being re-enqueued)."""
+        self._reads.remove(job_uuid)
+        self._handovers.forget(job_uuid)
+        if not self._feed:
+            self._view.forget(job_uuid)
+
+    def discover(self, on: bool) -> None:
+        """Publish every job of the cluster (this worker holds the discovery lease), or stop."""
+        if on == self._discovering:
+            return
+        self._discovering = on
+        if not on:
+            self._sink.forget_discovered()
+            return
+        if not self._feed:
+            log.warning("discovery.without_feed", cluster=self.cluster)
+        # Announce everything ONTAP still holds: the active set, and the ends of its purge window.
+        self._view.forget_handovers()
+        if (cluster_now := self._cluster_clock.now(self._clock())) is not None:
+            self._window.open(cluster_now, self._purge_window_s)
+        self._next_ends_at = self._next_active_at = 0.0
+        self._wake.set()
+
+    def reading(self, job_uuid: str) -> bool:
+        """Whether a read that may tell about the job is under way, or what it read is."""
+        if self._reads.in_flight(job_uuid) or self._handovers.busy(job_uuid):
+            return True
+        return self._accounted(job_uuid) and (self._ends_running or self._active_running)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def wait_idle(self) -> None:
-        """Wait for the polls, expiries and checkpoints under way now to finish."""
+        """Wait for the calls and hand-overs under way now to finish."""
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def _accounted(self, job_uuid: str) -> bool:
+        return self._feed and self._view.accounts_for(job_uuid)
+
+    def _feeding(self) -> bool:
+        return self._feed and (len(self._reads) > 0 or self._discovering)
+
+    def _interest(self, job_uuid: str) -> bool | None:
+        """None: nobody wants the job; False: it is watched; True: only discovered."""
+        if job_uuid in self._reads:
+            return False
+        return True if self._discovering else None
 
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick until cancelled; in-flight polls are cancelled with it."""
-        # This task's context: every poll it spawns logs with the cluster bound.
+        """Tick until cancelled; calls and hand-overs under way are cancelled with it."""
         structlog.contextvars.bind_contextvars(cluster=self.cluster)
         try:
             while True:
                 now = self._clock()
-                if now >= self._next_sweep_at:
-                    self._housekeeping(now)
-                    self._next_sweep_at = now + min(
-                        _SWEEP_MAX_S, max(_SWEEP_MIN_S, len(self.entries) * _SWEEP_S_PER_ENTRY)
-                    )
-                for chunk in self._due_chunks(now):
-                    self._spawn(self._poll(chunk))
+                self._tick(now)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, self._next_wakeup(now) - self._clock())):
@@ -161,206 +203,189 @@ class ClusterScheduler:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _schedule(self, entry: JobEntry) -> None:
-        heapq.heappush(self._due, (entry.next_poll_at, next(self._pushes), entry))
+    def _tick(self, now: float) -> None:
+        if self._feeding():
+            self._idle_since = None
+            if not self._active_running and now >= self._next_active_at:
+                self._spawn(self._active_round())
+            window_open = self._window.since is not None
+            if not self._ends_running and now >= self._next_ends_at and window_open:
+                self._spawn(self._ends_round())
+        elif self._feed:
+            self._rest(now)
+        if not self._burst:
+            self._read_due(now)
+        self._handovers.offer_again(now)
 
-    def _due_chunks(self, now: float) -> Iterator[list[JobEntry]]:
-        if not self._due or self._due[0][0] > now or now < self._next_read_at:
-            # Nothing is due yet, or reads went out a moment ago. Taking the jobs that are
-            # merely nearly due at every tick (and ticks come with every answer), or those
-            # that come due one by one, would read them a few at a time.
-            return
-        self._next_read_at = now + self._coalesce_s / 2
-        horizon = now + self._coalesce_s
-        due: list[JobEntry] = []
-        while self._due and self._due[0][0] <= horizon:
-            at, _, entry = heapq.heappop(self._due)
-            if (
-                at != entry.next_poll_at
-                or entry.in_flight
-                or self.entries.get(entry.uuid) is not entry
-            ):
-                continue  # rescheduled since, being polled (its end reschedules it), or forgotten
-            if not entry.watches:
-                continue  # all re-enqueued: scheduled again when a copy comes back
-            entry.in_flight = True
-            due.append(entry)
-        size = self._batch_size if self._batch else 1
-        for start in range(0, len(due), size):
-            yield due[start : start + size]
+    def _rest(self, now: float) -> None:
+        """No watch and no discovery: the feed stops, and forgets its view after a while."""
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since > 2 * self._policy.poll_interval_max_s and len(self._view):
+            self._view.clear()
+            self._window = EndsWindow()
 
     def _next_wakeup(self, now: float) -> float:
-        # Deadlines and checkpoint timers are housekeeping's: they wait for the next sweep.
-        wakeup = min(now + _IDLE_WAKE_S, self._next_sweep_at)
-        return min(wakeup, max(self._due[0][0], self._next_read_at)) if self._due else wakeup
+        times = [now + _IDLE_WAKE_S, self._reads.next_due(), self._handovers.next_at()]
+        if self._feeding():
+            if not self._active_running:
+                times.append(self._next_active_at)
+            if not self._ends_running and self._window.since is not None:
+                times.append(self._next_ends_at)
+        return min(t for t in times if t is not None)
 
-    def _housekeeping(self, now: float) -> None:
-        """Forget deliveries of dead channels; expire and checkpoint watches that are due."""
-        watches = 0
-        self.dispatcher.forget_ended(before=now - _ENDED_MEMORY_S)
-        for entry in list(self.entries.values()):
-            for watch in list(entry.watches.values()):
-                if watch.delivery.stale:
-                    # The broker has given it back to the queue; it must not be polled or acked.
-                    del entry.watches[watch.watch_id]
-                elif watch.busy or now < watch.not_before:
-                    pass
-                elif watch.deadline_at <= now and not entry.in_flight:
-                    # Past the deadline with a poll under way, the poll's end comes first: it tells
-                    # "ONTAP still answered" (timeout) from "the last attempts all failed" (error).
-                    self._spawn(self._under_lock(entry, watch, self.dispatcher.expire))
-                elif now - watch.held_since >= self._checkpoint_interval_s:
-                    self._spawn(self._under_lock(entry, watch, self.dispatcher.checkpoint))
-            if entry.watches:
-                entry.empty_since = None
-            elif entry.empty_since is None:
-                entry.empty_since = now
-            elif now - entry.empty_since >= _EMPTY_GRACE_S and not entry.in_flight:
-                self._forget(entry)
-            watches += len(entry.watches)
-        if self._metrics is not None:
-            self._metrics.watches_active.labels(self.cluster).set(watches)
-            self._metrics.jobs_tracked.labels(self.cluster).set(len(self.entries))
+    # -- the change feed -------------------------------------------------------------------------
 
-    async def _under_lock(
-        self,
-        entry: JobEntry,
-        watch: Watch,
-        action: Callable[[JobEntry, Watch], Coroutine[Any, Any, Any]],
-    ) -> None:
-        watch.busy = True
+    async def _active_round(self) -> None:
+        self._active_running = True
+        self._last_active_at = started = self._clock()
+        round_ = self._view.begin_round()
+        self._active_moved = False
         try:
-            with bound_contextvars(cluster=self.cluster, job=entry.uuid):
-                async with entry.lock:
-                    if entry.watches.get(watch.watch_id) is watch:
-                        await action(entry, watch)
-            if entry.watches.get(watch.watch_id) is watch:
-                # Still held: the broker did not take the event or the copy. Try again a little
-                # later rather than at every tick.
-                watch.not_before = self._clock() + _ACTION_RETRY_S
+            answer = await self._feed_call({"state": "|".join(ACTIVE_STATES)}, endpoint="active")
         finally:
-            watch.busy = False
+            self._active_running = self._burst = False
+            self._next_active_at = started + self._policy.poll_interval_max_s
             self._wake.set()
-
-    # -- polling ---------------------------------------------------------------------------------
-
-    async def _poll(self, chunk: list[JobEntry]) -> None:
-        polled_at = self._clock()
-        try:
-            observations = await self._observe([e.uuid for e in chunk])
-        except BaseException:
-            for entry in chunk:
-                self._release(entry)
-            raise
-        for entry in chunk:
-            observation = observations[entry.uuid]
-            # Most reads change nothing: those are settled here. Each other one gets a task of
-            # its own, so that a slow publish holds back its own job and no other.
-            if self._settle_quiet(entry, observation, polled_at):
-                self._release(entry)
+        if answer is None:
+            return
+        for job in answer.jobs:
+            self._seen(job)
+        self._active_interval_s = next_interval(
+            self._active_interval_s, moved=self._active_moved, policy=self._policy
+        )
+        self._active_size = len(answer.jobs)
+        self._next_active_at = started + self._active_gap_s(self._active_interval_s)
+        for job_uuid in self._view.end_round(round_):
+            if job_uuid not in self._reads:
+                self._view.forget(job_uuid)
             else:
-                self._spawn(self._apply_in_turn(entry, observation, polled_at))
+                # Gone from the active set: the next ends window should say it ended; if it
+                # does not, a read by uuid tells what became of it.
+                self._reads.schedule(job_uuid, self._clock() + self._policy.poll_interval_min_s)
 
-    def _release(self, entry: JobEntry) -> None:
-        entry.in_flight = False
-        if self.entries.get(entry.uuid) is entry:
-            self._schedule(entry)
-        self._wake.set()
-
-    async def _apply_in_turn(
-        self, entry: JobEntry, observation: Observation, polled_at: float
-    ) -> None:
-        """Final outcomes at once; other changes a bounded number at a time.
-
-        When thousands of jobs change together (a burst of new watches: each first sight is an
-        event and a checkpoint), the work queues here rather than in the event loop, so that the
-        end of a job is published without waiting behind all of it.
-        """
+    async def _ends_round(self) -> None:
+        self._ends_running = True
+        started = self._clock()
+        since = self._window.since
+        assert since is not None, "an ends round needs a window"
         try:
-            if _ends_watches(observation):
-                await self._apply(entry, observation, polled_at)
-            else:
-                async with self._changes:
-                    await self._apply(entry, observation, polled_at)
+            filters = {"end_time": ">=" + self._cluster_clock.render(since)}
+            answer = await self._feed_call(filters, endpoint="ends")
         finally:
-            self._release(entry)
+            self._ends_running = False
+            self._next_ends_at = started + self._policy.poll_interval_min_s
+            self._wake.set()
+        if answer is None:
+            return
+        self._window.advance(answer.date, answer.jobs)
+        for job in answer.jobs:
+            self._seen(job)
+        if (cluster_now := self._cluster_clock.now(self._clock())) is not None:
+            self._view.forget_purged(cluster_now)
 
-    async def _observe(self, uuids: Sequence[str]) -> dict[str, Observation]:
-        if len(uuids) == 1 or not self._batch:
-            return {u: await self._observe_one(u) for u in uuids}
+    async def _feed_call(self, filters: dict[str, str], *, endpoint: str) -> Answer | None:
+        """One feed query; its failures are dealt with here, and give None."""
         try:
-            async with self._calls:
-                jobs = await self._client.get_jobs(uuids)
+            answer = await self._ontap.query(filters, endpoint=endpoint)
+        except FilterRefused as exc:
+            self._fall_back(exc)
+            return None
         except OntapRefused as exc:
-            log.warning("ontap.call_failed", outcome="refused", jobs=len(uuids), error=str(exc))
-            return dict.fromkeys(uuids, Refused(exc.error))
+            # 401 or 403: the credentials no longer work, for this job or any other.
+            log.warning("feed.refused", endpoint=endpoint, error=str(exc))
+            for job_uuid in self._reads:
+                self._handovers.offer(job_uuid, Refused(exc.error), discovered=False)
+            return None
         except OntapUnavailable as exc:
-            log.warning("ontap.call_failed", outcome="unreachable", jobs=len(uuids), error=str(exc))
-            return dict.fromkeys(uuids, Unreachable(exc.error, exc.retry_after_s))
-        seen: dict[str, Observation] = {u: Seen(jobs[u]) for u in uuids if u in jobs}
-        missing = [u for u in uuids if u not in jobs]
-        # Absent from the answer: gone, or a lagging replica. One GET each tells which.
-        confirmed = await asyncio.gather(*(self._observe_one(u) for u in missing))
-        seen.update(zip(missing, confirmed, strict=True))
-        return seen
+            log.warning("feed.call_failed", endpoint=endpoint, error=str(exc))
+            self._sink.note_reachable(exc.error)
+            return None
+        self._cluster_clock.observe(answer.date, self._clock())
+        self._sink.note_reachable(None)
+        cluster_now = self._cluster_clock.now(self._clock())
+        if self._window.since is None and cluster_now is not None:
+            # The feed starts: its first window reaches back over what ONTAP still holds.
+            self._window.open(cluster_now, self._purge_window_s)
+        return answer
 
-    async def _observe_one(self, uuid: str) -> Observation:
-        with bound_contextvars(job=uuid):
-            try:
-                async with self._calls:
-                    return Seen(await self._client.get_job(uuid))
-            except JobNotFound as exc:
-                return Gone(exc.error)
-            except OntapRefused as exc:
-                log.warning("ontap.call_failed", outcome="refused", error=str(exc))
-                return Refused(exc.error)
-            except OntapUnavailable as exc:
-                log.warning("ontap.call_failed", outcome="unreachable", error=str(exc))
-                return Unreachable(exc.error, exc.retry_after_s)
+    def _fall_back(self, exc: FilterRefused) -> None:
+        """The cluster refuses the feed's filters: read every watched job by uuid from now on."""
+        if not self._feed:
+            return
+        self._feed = False
+        log.warning("feed.filters_refused", error=str(exc), fallback="uuid batches")
+        if self._metrics is not None:
+            self._metrics.feed_enabled.labels(self.cluster).set(0)
+        self._view.clear()
+        now = self._clock()
+        for job_uuid in self._reads.parked():
+            self._reads.schedule(job_uuid, now)
 
-    async def _apply(self, entry: JobEntry, observation: Observation, polled_at: float) -> None:
-        with bound_contextvars(cluster=self.cluster, job=entry.uuid):
-            async with entry.lock:
-                if self.entries.get(entry.uuid) is not entry:
-                    return
-                for watch in [w for w in entry.watches.values() if w.delivery.stale]:
-                    del entry.watches[watch.watch_id]
-                if not entry.watches:
-                    return  # all re-enqueued or gone meanwhile; housekeeping decides its fate
-                step = tracking.step(entry.track, observation, self._policy)
-                if await self.dispatcher.apply(entry, step):
-                    self._forget(entry)
-                else:
-                    self._set_next_poll(entry, observation, step.next_poll_in_s, polled_at)
+    def _active_gap_s(self, interval_s: float | None) -> float:
+        """The gap before the next active round: the backoff, widened for a large active set."""
+        backoff = interval_s or self._policy.poll_interval_min_s
+        widened = max(backoff, self._active_size * _REFRESH_S_PER_JOB)
+        return min(widened, self._policy.poll_interval_max_s)
 
-    def _settle_quiet(self, entry: JobEntry, observation: Observation, polled_at: float) -> bool:
-        """Apply at once an observation that publishes nothing; False when ``_apply`` must.
+    def _seen(self, job: Job) -> None:
+        """A record from a feed answer: hand it over when it is news and somebody wants it."""
+        self._cluster_clock.learn_zone(job)
+        if not self._view.record(job, self._cluster_clock.now(self._clock())):
+            return
+        interest = self._interest(job.uuid)
+        self._active_moved |= interest is False
+        if interest is not None:
+            self._handovers.offer(job.uuid, Seen(job), discovered=interest)
+        elif not self._sink.holds(job.uuid):
+            self._view.handed_over(job)  # nobody waits on it: nothing to publish
+        # Otherwise its watches are away being re-enqueued: the news waits for them (``want``).
 
-        Without an await in between, nothing can interleave: no task (and no lock) is needed.
-        """
-        if entry.lock.locked() or self.entries.get(entry.uuid) is not entry or not entry.watches:
-            return False
-        if any(w.delivery.stale for w in entry.watches.values()):
-            return False
-        step = tracking.step(entry.track, observation, self._policy)
-        if step.change is not None or step.final or step.outcome is not None:
-            return False
-        entry.track = step.track  # all that Dispatcher.apply does with a step like this one
-        self._set_next_poll(entry, observation, step.next_poll_in_s, polled_at)
-        return True
+    # -- reads by uuid ---------------------------------------------------------------------------
 
-    def _set_next_poll(
-        self, entry: JobEntry, observation: Observation, interval_s: float, polled_at: float
-    ) -> None:
-        # From when it was read: jobs read together stay together, so collection calls stay
-        # full, and a change waits at most the interval to be seen. After failed calls, from
-        # now: their retries may have taken longer than the interval.
-        since = polled_at if isinstance(observation, Seen) else self._clock()
-        entry.next_poll_at = since + interval_s
+    def _read_due(self, now: float) -> None:
+        due = self._reads.take_due(now, self._accounted)
+        recent = now - self._last_active_at < self._policy.poll_interval_min_s
+        if self._feed and len(due) > self._reads.batch_size and not recent:
+            # A burst of new watches: one active round accounts for most of them in fewer calls
+            # than reading each; what it does not account for is read by uuid after it.
+            self._burst = True
+            self._next_active_at = now
+            for job_uuid in due:
+                self._reads.schedule(job_uuid, now)
+            return
+        for chunk in self._reads.start(due):
+            self._spawn(self._read(chunk))
 
-    def _forget(self, entry: JobEntry) -> None:
-        if self.entries.get(entry.uuid) is entry:
-            del self.entries[entry.uuid]
+    async def _read(self, job_uuids: list[str]) -> None:
+        read_at = self._clock()
+        try:
+            observations = await self._ontap.read(job_uuids)
+        except BaseException:
+            self._reads.abandoned(job_uuids, self._clock())
+            raise
+        finally:
+            self._wake.set()
+        for job_uuid, observation in observations.items():
+            if job_uuid not in self._reads:
+                self._reads.finished(job_uuid, observation, moved=False, read_at=read_at, now=0)
+                continue  # no longer watched
+            moved = True
+            if isinstance(observation, Seen):
+                self._cluster_clock.learn_zone(observation.job)
+                cluster_now = self._cluster_clock.now(read_at)
+                moved = self._view.record(observation.job, cluster_now)
+            if moved:
+                self._handovers.offer(job_uuid, observation, discovered=False)
+            self._reads.finished(
+                job_uuid,
+                observation,
+                moved=moved and isinstance(observation, Seen),
+                read_at=read_at,
+                now=self._clock(),
+            )
+            if isinstance(observation, Seen) and self._accounted(job_uuid):
+                self._reads.park(job_uuid)  # the feed tells its next change
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -371,10 +396,3 @@ class ClusterScheduler:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("scheduler.task_failed", cluster=self.cluster, error=repr(exc), exc_info=exc)
-
-
-def _ends_watches(observation: Observation) -> bool:
-    """The job reached an end state, or is gone, or ONTAP refused: its watches end now."""
-    if isinstance(observation, Seen):
-        return tracking.is_final(observation.job.state)
-    return isinstance(observation, Gone | Refused)

@@ -1,8 +1,9 @@
 """Pure core: what a new observation of a job means.
 
-No I/O and no clock: callers pass ``now``. Given what is known of a job (``Track``) and what the last
-poll returned (an ``Observation``), ``step`` decides which event to publish, whether the job is over,
-and when to poll it next. Everything here is tested with plain tables.
+No I/O and no clock. Given what is known of a job (``Track``) and what the last read returned (an
+``Observation``), ``step`` decides which event to publish and whether the job is over;
+``next_read`` decides when a job read by uuid is read again. Everything here is tested with plain
+tables.
 """
 
 from __future__ import annotations
@@ -88,11 +89,10 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Track:
-    """Everything the poller keeps about one job between polls."""
+    """What is known of one job between observations: what was published, and how reads went."""
 
     progress: Progress = field(default_factory=Progress)
-    interval_s: float | None = None
-    #: The last poll failed for transient reasons: a deadline now ends the watch as ``error``.
+    #: The last read failed for transient reasons: a deadline now ends the watch as ``error``.
     failing: bool = False
     last_error: dict[str, Any] | None = None
 
@@ -102,7 +102,6 @@ class Step:
     """The decision for one observation."""
 
     track: Track
-    next_poll_in_s: float
     change: Change | None = None
     #: The job reached an end state: ``change`` is its final event, and every watch ends.
     final: bool = False
@@ -129,33 +128,49 @@ def observe(
     return seen, None
 
 
+def step(track: Track, observation: Observation, *, publish_progress: bool) -> Step:
+    """Decide what ``observation`` means for the job known as ``track``."""
+    match observation:
+        case Seen(job):
+            progress, change = observe(track.progress, job, publish_progress=publish_progress)
+            return Step(Track(progress), change=change, final=is_final(progress.state))
+        case Gone(error):
+            return Step(track, outcome=Outcome.NOT_FOUND, error=error)
+        case Refused(error):
+            return Step(track, outcome=Outcome.ERROR, error=error)
+        case Unreachable(error):
+            # Keep what was known, and remember the failure for a deadline that passes now.
+            return Step(replace(track, failing=True, last_error=error))
+    raise AssertionError(f"unknown observation {observation!r}")  # pragma: no cover
+
+
+def ends_watches(observation: Observation) -> bool:
+    """The job reached an end state, or is gone, or ONTAP refused: its watches end now."""
+    if isinstance(observation, Seen):
+        return is_final(observation.job.state)
+    return isinstance(observation, Gone | Refused)
+
+
 def next_interval(previous_s: float | None, *, moved: bool, policy: Policy) -> float:
-    """Poll soon after a change, then back off geometrically up to the cap."""
+    """Read soon after a change, then back off geometrically up to the cap."""
     if previous_s is None or moved:
         return policy.poll_interval_min_s
     return min(previous_s * policy.backoff_factor, policy.poll_interval_max_s)
 
 
-def step(track: Track, observation: Observation, policy: Policy) -> Step:
-    """Decide what ``observation`` means for the job known as ``track``."""
-    match observation:
-        case Seen(job):
-            before = track.progress
-            progress, change = observe(before, job, publish_progress=policy.publish_progress)
-            moved = progress.state != before.state or progress.message != before.message
-            interval = next_interval(track.interval_s, moved=moved, policy=policy)
-            new = Track(progress=progress, interval_s=interval)
-            return Step(new, interval, change=change, final=is_final(progress.state))
-        case Gone(error):
-            return Step(track, 0.0, outcome=Outcome.NOT_FOUND, error=error)
-        case Refused(error):
-            return Step(track, 0.0, outcome=Outcome.ERROR, error=error)
-        case Unreachable(error, retry_after_s):
-            # Keep what was known; back off as for an unchanged job, and remember the failure.
-            interval = next_interval(track.interval_s, moved=False, policy=policy)
-            failed = replace(track, interval_s=interval, failing=True, last_error=error)
-            return Step(failed, max(interval, retry_after_s or 0.0))
-    raise AssertionError(f"unknown observation {observation!r}")  # pragma: no cover
+def next_read(
+    interval_s: float | None, observation: Observation, *, moved: bool, policy: Policy
+) -> tuple[float, float]:
+    """``(interval, delay)`` after a read: the backoff, and when to read that job again.
+
+    A failed read backs off as an unchanged job does, and never comes sooner than ONTAP's
+    ``Retry-After``; the backoff itself is not stretched by it.
+    """
+    if isinstance(observation, Unreachable):
+        interval = next_interval(interval_s, moved=False, policy=policy)
+        return interval, max(interval, observation.retry_after_s or 0.0)
+    interval = next_interval(interval_s, moved=moved, policy=policy)
+    return interval, interval
 
 
 def expire(track: Track) -> tuple[Outcome, dict[str, Any]]:

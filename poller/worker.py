@@ -1,8 +1,10 @@
-"""The worker: watch requests in from the broker, per-cluster schedulers, events out.
+"""The worker: watch requests in from the broker, one scheduler and dispatcher per cluster.
 
-``Worker`` wires the adapters together and owns the lifecycle. On SIGTERM or SIGINT it stops
-consuming, lets in-flight polls reach a safe point for a moment, cancels the rest and closes its
-connections, leaving every unfinished watch unacknowledged for the broker to hand out again.
+``Worker`` only wires the parts together and owns the lifecycle: a request becomes a ``Watch``
+handed to its cluster's dispatcher, which owns it; the cluster's scheduler is told to read the job.
+On SIGTERM or SIGINT it stops consuming, lets the work under way reach a safe point for a moment,
+cancels the rest and closes its connections, leaving every unfinished watch unacknowledged for the
+broker to hand out again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import time
 import uuid as uuidlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -20,22 +23,23 @@ from poller import checkpoint
 from poller.amqp.broker import Broker, Delivery
 from poller.checkpoint import Checkpoint
 from poller.config import Settings
+from poller.dispatcher import Admission, Dispatcher
 from poller.errors import BrokerError, InvalidRequest
 from poller.events import Envelope
 from poller.metrics import Metrics
 from poller.models import WatchRequest, parse_watch_request
 from poller.ontap import OntapClient, batch_size, build_http_client
-from poller.scheduler import ClusterScheduler
-from poller.tracking import Policy
-from poller.watches import Dispatcher, Watch
+from poller.scheduler import ClusterScheduler, Reader
+from poller.tracking import Policy, Progress
+from poller.watch import Outbox, Watch
 
 log = structlog.get_logger(__name__)
-#: In-flight polls get this long to publish and settle before they are cancelled at shutdown.
+#: Work under way gets this long to publish and settle before it is cancelled at shutdown.
 SHUTDOWN_GRACE_S = 2.0
 
 
 class BrokerOutbox:
-    """``watches.Outbox`` on top of ``Broker``, counting what it publishes."""
+    """``watch.Outbox`` on top of ``Broker``, counting what it publishes."""
 
     def __init__(self, broker: Broker, metrics: Metrics) -> None:
         self._broker = broker
@@ -54,8 +58,82 @@ class BrokerOutbox:
         self._metrics.checkpoints.inc()
 
 
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """One configured cluster's parts: what to read and when, and who waits on what."""
+
+    scheduler: ClusterScheduler
+    dispatcher: Dispatcher
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        name = self.scheduler.cluster
+        return [
+            asyncio.create_task(self.scheduler.run(), name=f"reads:{name}"),
+            asyncio.create_task(self.dispatcher.run(), name=f"watches:{name}"),
+        ]
+
+    async def wait_idle(self) -> None:
+        await asyncio.gather(self.scheduler.wait_idle(), self.dispatcher.wait_idle())
+
+    def admit(self, watch: Watch, progress: Progress, *, resumed: bool) -> Admission:
+        """Hand a watch to the dispatcher, and have its job read if it needs to be."""
+        admission = self.dispatcher.add(watch, progress, resumed=resumed)
+        if admission is not Admission.SETTLED:
+            self.scheduler.want(watch.request.uuid, fresh=admission is Admission.NEW)
+        return admission
+
+
+def build_cluster(
+    settings: Settings,
+    name: str,
+    client: Reader,
+    *,
+    outbox: Outbox,
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> Cluster:
+    cluster = settings.clusters[name]
+    policy = Policy(
+        poll_interval_min_s=settings.poll_interval_min,
+        poll_interval_max_s=settings.poll_interval_max,
+        publish_progress=settings.publish_progress,
+    )
+    # The dispatcher asks the scheduler whether a read is under way, and tells it when nobody
+    # waits on a job any more. The scheduler needs the dispatcher to exist first, so these two
+    # reach it through the name bound just below.
+    scheduler: ClusterScheduler
+
+    def reading(job_uuid: str) -> bool:
+        return scheduler.reading(job_uuid)
+
+    def idle(job_uuid: str) -> None:
+        scheduler.drop(job_uuid)
+
+    dispatcher = Dispatcher(
+        name,
+        outbox,
+        publish_progress=settings.publish_progress,
+        checkpoint_interval_s=settings.checkpoint_interval,
+        reading=reading,
+        on_idle=idle,
+        metrics=metrics,
+        clock=clock,
+    )
+    scheduler = ClusterScheduler(
+        client,
+        dispatcher,
+        policy,
+        feed=cluster.feed,
+        batch=cluster.batch,
+        batch_size=batch_size(cluster.url),
+        metrics=metrics,
+        clock=clock,
+    )
+    return Cluster(scheduler, dispatcher)
+
+
 class Worker:
-    """One worker process: consumes watch requests and polls their jobs until they end."""
+    """One worker process: consumes watch requests and reads their jobs until they end."""
 
     def __init__(
         self,
@@ -71,26 +149,13 @@ class Worker:
         self.metrics = metrics or Metrics()
         self._clients = clients
         self._clock = clock
-        policy = Policy(
-            poll_interval_min_s=settings.poll_interval_min,
-            poll_interval_max_s=settings.poll_interval_max,
-            publish_progress=settings.publish_progress,
-        )
         outbox = BrokerOutbox(broker, self.metrics)
-        self.schedulers: dict[str, ClusterScheduler] = {}
-        for name, client in clients.items():
-            cluster = settings.clusters[name]
-            self.schedulers[name] = ClusterScheduler(
-                client,
-                Dispatcher(name, outbox, clock=clock),
-                policy,
-                batch=cluster.batch,
-                batch_size=batch_size(cluster.url),
-                max_concurrent_requests=cluster.max_concurrent_requests,
-                checkpoint_interval_s=settings.checkpoint_interval,
-                metrics=self.metrics,
-                clock=clock,
+        self.clusters = {
+            name: build_cluster(
+                settings, name, client, outbox=outbox, metrics=self.metrics, clock=clock
             )
+            for name, client in clients.items()
+        }
         self._cluster_names = frozenset(clients)
 
     @property
@@ -98,16 +163,14 @@ class Worker:
         return self.broker.consuming
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Declare, consume and poll until ``stop`` is set; then shut down cleanly."""
+        """Declare, consume and read until ``stop`` is set; then shut down cleanly."""
         await self.broker.declare(prefetch=self.settings.max_watches)
         self.broker.on_reconnect(self._on_reconnect)
-        loops = [
-            asyncio.create_task(s.run(), name=f"cluster:{n}") for n, s in self.schedulers.items()
-        ]
+        loops = [task for cluster in self.clusters.values() for task in cluster.tasks()]
         await self.broker.consume(self.on_delivery)
         log.info(
             "worker.started",
-            clusters=sorted(self.schedulers),
+            clusters=sorted(self.clusters),
             queue=self.broker.topology.watch_queue,
         )
         try:
@@ -125,7 +188,7 @@ class Worker:
         # the grace period only spares subscribers a few duplicates.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
-                await asyncio.gather(*(s.wait_idle() for s in self.schedulers.values()))
+                await asyncio.gather(*(c.wait_idle() for c in self.clusters.values()))
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -133,8 +196,10 @@ class Worker:
     async def _on_reconnect(self) -> None:
         self.metrics.reconnects.inc()
         log.warning("broker.reconnected")
-        for scheduler in self.schedulers.values():
-            scheduler.wake()  # housekeeping drops the deliveries of the dead channel
+        for cluster in self.clusters.values():
+            # Housekeeping drops the deliveries of the dead channel.
+            cluster.dispatcher.sweep(self._clock())
+            cluster.scheduler.wake()
 
     async def on_delivery(self, delivery: Delivery) -> None:
         """Accept a watch request, or dead-letter it with the reason."""
@@ -152,9 +217,9 @@ class Worker:
             return
         # Every line logged about this watch, here and in what it spawns, names its job and cluster.
         with bound_contextvars(job=request.uuid, cluster=request.cluster):
-            await self._start_watch(delivery, request, saved)
+            self._start_watch(delivery, request, saved)
 
-    async def _start_watch(
+    def _start_watch(
         self, delivery: Delivery, request: WatchRequest, saved: Checkpoint | None
     ) -> None:
         now = self._clock()
@@ -172,11 +237,10 @@ class Worker:
             saved_changes=saved.progress.changes,
             key=delivery.correlation_id or delivery.message_id or saved.watch_id,
         )
-        scheduler = self.schedulers[request.cluster]
-        if resumed and scheduler.settle_if_ended(watch):
-            log.debug("watch.late_copy_settled", state=saved.progress.state)
+        admission = self.clusters[request.cluster].admit(watch, saved.progress, resumed=resumed)
+        if admission is Admission.SETTLED:
             return
-        entry, joined = scheduler.add(watch, saved.progress)
+        joined = admission is Admission.JOINED
         if resumed:
             # A checkpoint coming back: the same watch, one line per change of state.
             log.debug("watch.resumed", joined=joined, state=saved.progress.state)
@@ -187,8 +251,6 @@ class Worker:
                 timeout_s=round(saved.deadline_at - now, 3),
                 correlation_id=delivery.correlation_id,
             )
-        if joined:
-            await scheduler.dispatcher.replay_latest(entry, watch)
 
     async def _dead_letter(self, delivery: Delivery, exc: InvalidRequest) -> None:
         reason = str(exc)
@@ -209,6 +271,11 @@ class Worker:
 
 def build_clients(settings: Settings, metrics: Metrics) -> dict[str, OntapClient]:
     return {
-        name: OntapClient(name, build_http_client(cluster), metrics=metrics)
+        name: OntapClient(
+            name,
+            build_http_client(cluster),
+            metrics=metrics,
+            max_concurrent_requests=cluster.max_concurrent_requests,
+        )
         for name, cluster in settings.clusters.items()
     }

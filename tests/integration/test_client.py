@@ -15,6 +15,7 @@ import pytest
 
 from poller.client import connect, publish_watch
 from poller.watch_cli import watch
+from tests.fakes import FakeTTY
 from tests.integration.conftest import cluster, make_settings
 
 pytestmark = pytest.mark.integration
@@ -39,11 +40,6 @@ def load_example() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class FakeTTY(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_example_passes_mypy_strict() -> None:

@@ -308,10 +308,11 @@ async def test_many_jobs_are_read_with_the_collection_endpoint(
 async def test_batch_false_reads_each_job_with_its_own_get(
     sim, names, amqp_url, start_worker, subscribe, publish
 ) -> None:
-    """With batch = false no collection call is made."""
+    """With feed = false and batch = false no collection call is made: one GET per job."""
     simulator, base_url = sim
     jobs = [simulator.create_job(timeline=SUCCESS) for _ in range(3)]
-    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url, batch=False)}))
+    settings = make_settings(amqp_url, names, {"c1": cluster(base_url, batch=False, feed=False)})
+    await start_worker(settings)
     events, _ = await subscribe(names.events_exchange, "job.*.success")
 
     for job in jobs:

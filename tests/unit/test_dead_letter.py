@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from poller.config import Settings
 from poller.errors import BrokerError
 from poller.worker import Worker
-
-
-@dataclass
-class FakeDelivery:
-    body: bytes
-    headers: dict[str, Any] = field(default_factory=dict)
-    content_type: str | None = "application/json"
-    content_encoding: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    message_id: str | None = None
-    settled: list[str] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def give_back(self) -> None:
-        self.settled.append("give_back")
+from tests.fakes import FakeDelivery
 
 
 @dataclass

@@ -12,12 +12,11 @@ from poller import checkpoint
 from poller.checkpoint import Checkpoint
 from poller.events import change_id, job_event, progress_id, watch_event, watch_id
 from poller.models import Job
-from poller.tracking import Outcome, Policy, Seen, Track, step
+from poller.tracking import Outcome, Seen, Track, step
 from tests.contract import event_id as contract_id
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-POLICY = Policy(poll_interval_min_s=1.0, poll_interval_max_s=30.0)
 LIFE = ["queued", "running", "paused", "running", "success"]
 
 
@@ -32,7 +31,7 @@ def ids_from(track: Track, states: list[str], *, at: datetime = T0) -> tuple[Tra
     """Poll ``states`` in order from ``track`` as one worker would; the ce-ids it publishes."""
     ids = []
     for n, state in enumerate(states):
-        result = step(track, seen(state, message=f"poll {n}"), POLICY)
+        result = step(track, seen(state, message=f"poll {n}"), publish_progress=False)
         if result.change is not None:
             ids.append(job_event("c1", JOB, result.change, at + timedelta(seconds=n)).message_id)
         track = result.track
@@ -91,8 +90,8 @@ def test_each_part_of_a_change_changes_its_id(other: tuple[str, str, int, str]) 
 
 def test_the_id_ignores_when_it_was_seen_and_what_else_the_job_says() -> None:
     """Re-observed later, with another message, the same change keeps its id (and message_id)."""
-    first = step(Track(), seen("running", "10% done"), POLICY).change
-    again = step(Track(), seen("running", "95% done"), POLICY).change
+    first = step(Track(), seen("running", "10% done"), publish_progress=False).change
+    again = step(Track(), seen("running", "95% done"), publish_progress=False).change
     assert first is not None and again is not None
     a = job_event("c1", JOB, first, T0)
     b = job_event("c1", JOB, again, T0 + timedelta(hours=1))

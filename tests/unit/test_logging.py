@@ -6,34 +6,19 @@ import asyncio
 import io
 import json
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from poller.events import Envelope
-from poller.models import WatchRequest
-from poller.ontap import OntapClient, RetryPolicy
+from poller.ontap import RetryPolicy
 from poller.ops import REDACTED, configure_logging
-from poller.scheduler import ClusterScheduler
-from poller.simulator import FaultPlan, Simulator, create_app
-from poller.tracking import Policy, Progress
-from poller.watches import Dispatcher, Watch
-
-USER, PASSWORD = "admin", "s3cr3t-Pa55w0rd-7f3a"
-
-
-class FakeTTY(io.StringIO):
-    """A stderr that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
+from poller.simulator import FaultPlan, Simulator
+from tests.fakes import FakeTTY
+from tests.rig import PASSWORD, USER, cluster_rig
 
 
 @pytest.fixture(autouse=True)
@@ -93,77 +78,30 @@ def test_secrets_never_reach_the_output(capsys: pytest.CaptureFixture[str]) -> N
     assert record["url"] == f"amqp://{REDACTED}@rabbit:5672/"
 
 
-@dataclass
-class FakeDelivery:
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    stale: bool = False
-    acked: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def ack(self) -> None:
-        self.acked.set()
-
-
-class FakeOutbox:
-    async def publish_event(self, envelope: Envelope) -> None:
-        pass
-
-    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
-        pass
-
-    async def requeue_watch(self, watch: Watch, value: str) -> None:
-        pass
-
-
-def scheduler_for(sim: Simulator) -> ClusterScheduler:
-    http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(sim)),
-        base_url="http://cluster.test",
-        auth=httpx.BasicAuth(USER, PASSWORD),
-    )
-    client = OntapClient("c1", http, retry=RetryPolicy.instant(attempts=2))
-    return ClusterScheduler(
-        client,
-        Dispatcher("c1", FakeOutbox()),
-        Policy(poll_interval_min_s=0.01, poll_interval_max_s=0.02),
-        batch=False,
-        batch_size=1,
-        max_concurrent_requests=2,
-        checkpoint_interval_s=600,
-    )
-
-
 async def test_every_line_of_a_watch_names_its_job_and_cluster() -> None:
     """Retries, a failed call, the event and the end of a watch all carry job and cluster."""
     sim = Simulator(username=USER, password=PASSWORD)
     job = sim.create_job(timeline=[{"after": 0, "state": "success"}])
     sim.faults = FaultPlan(error_rate=1.0, error_status=503)
-    scheduler = scheduler_for(sim)
-    delivery = FakeDelivery()
-    watch = Watch(
-        "w1", WatchRequest(job, "c1", None), delivery, deadline_at=1e12, held_since=time.time()
-    )
 
     logged: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     def watch_for(_logger: object, _name: str, entry: EventDict) -> EventDict:
         if entry["event"] == "ontap.call_failed":
-            sim.faults = FaultPlan()  # ONTAP recovers; the next poll sees the job's end
+            sim.faults = FaultPlan()  # ONTAP recovers; the next read sees the job's end
         logged[entry["event"]].set()
         return entry
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars, watch_for]) as logs:
-        scheduler.add(watch, Progress())
-        loop = asyncio.create_task(scheduler.run())
-        try:
+        async with cluster_rig(sim=sim, feed=False, retry=RetryPolicy.instant(attempts=2)) as rig:
+            watch = rig.watch(job)
+            with structlog.contextvars.bound_contextvars(job=job, cluster="c1"):
+                rig.admit(watch)
             async with asyncio.timeout(10):
                 await logged["ontap.call_failed"].wait()
                 await logged["watch.ended"].wait()
-        finally:
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
 
-    assert delivery.acked.is_set()
+    assert watch.delivery.acks == 1  # type: ignore[attr-defined]
     names = [entry["event"] for entry in logs]
     assert {"ontap.call_retrying", "ontap.call_failed", "event.published", "watch.ended"} <= set(
         names

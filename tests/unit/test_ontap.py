@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
+from poller import __version__
 from poller.config import ClusterSettings
-from poller.errors import JobNotFound, OntapRefused, OntapUnavailable
-from poller.models import JOB_FIELDS
+from poller.errors import FilterRefused, JobNotFound, OntapRefused, OntapUnavailable
+from poller.models import JOB_FIELDS, Job
 from poller.ontap import OntapClient, RetryPolicy, build_http_client
+from poller.tracking import Gone, Observation, Refused, Seen, Unreachable
 
 BASE = "https://cluster1.example.com"
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
@@ -292,3 +294,145 @@ async def test_collection_errors_map_like_single_calls() -> None:
     with pytest.raises(OntapRefused):
         await ontap.client().get_jobs([JOB, OTHER])
     assert len(ontap.requests) == 1
+
+
+# --- reads by uuid: observations --------------------------------------------------------------
+
+
+async def test_a_job_missing_from_a_collection_answer_is_confirmed_with_one_get() -> None:
+    """Absent from uuid=a|b (a lagging replica): one GET of its own tells what it is."""
+    other = {**RECORD, "uuid": OTHER, "state": "queued"}
+    ontap = Ontap(ok({"records": [RECORD]}), ok(other))
+
+    observations = await ontap.client().read([JOB, OTHER])
+
+    assert [r.url.path for r in ontap.requests] == [
+        "/api/cluster/jobs",
+        f"/api/cluster/jobs/{OTHER}",
+    ]
+    assert observations == {JOB: Seen(Job(RECORD)), OTHER: Seen(Job(other))}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (error(404, NOT_FOUND), Gone(NOT_FOUND)),
+        (error(401, NOT_AUTHORIZED), Refused(NOT_AUTHORIZED)),
+        (
+            error(503, {"message": "busy", "code": "1"}),
+            Unreachable({"message": "busy", "code": "1"}),
+        ),
+    ],
+)
+async def test_read_errors_become_observations_at_the_boundary(
+    answer: httpx.Response, expected: Observation
+) -> None:
+    """404 is Gone, 401 Refused, a failure past the retries Unreachable: nothing is raised."""
+    ontap = Ontap(answer)
+    observations = await ontap.client(RetryPolicy.instant(attempts=2)).read([JOB])
+    got = observations[JOB]
+    assert type(got) is type(expected)
+    assert got.error == expected.error  # type: ignore[union-attr]
+
+
+async def test_a_failed_collection_read_is_one_observation_per_job() -> None:
+    """A refused batch refuses each of its jobs, and no job of it is read again one by one."""
+    ontap = Ontap(error(403, NOT_AUTHORIZED))
+    observations = await ontap.client().read([JOB, OTHER])
+    assert observations == {JOB: Refused(NOT_AUTHORIZED), OTHER: Refused(NOT_AUTHORIZED)}
+    assert len(ontap.requests) == 1
+
+
+# --- collection queries: the change feed ------------------------------------------------------
+
+
+def page(
+    records: list[dict[str, Any]], next_href: str | None = None, **headers: str
+) -> httpx.Response:
+    links: dict[str, Any] = {"self": {"href": "/api/cluster/jobs"}}
+    if next_href is not None:
+        links["next"] = {"href": next_href}
+    body = {"records": records, "num_records": len(records), "_links": links}
+    return httpx.Response(200, json=body, headers=headers)
+
+
+async def test_a_query_asks_for_every_documented_field_and_follows_next_links() -> None:
+    """Filters as given, all fields, a page size; every _links.next followed on the cluster."""
+    other = {**RECORD, "uuid": OTHER}
+    nxt = "https://elsewhere.example.com/api/cluster/jobs?state=queued%7Crunning&offset=1"
+    ontap = Ontap(page([RECORD], nxt, Date="Mon, 30 Nov 2026 07:21:44 GMT"), page([other]))
+
+    answer = await ontap.client().query({"state": "queued|running"}, endpoint="active")
+
+    first, second = ontap.requests
+    assert first.url.params["state"] == "queued|running"
+    assert set(first.url.params["fields"].split(",")) == set(JOB_FIELDS)
+    assert int(first.url.params["max_records"]) >= 1000
+    # The link's host is never called: only its path and query, on the configured URL.
+    assert second.url.host == "cluster1.example.com"
+    assert second.url.params["offset"] == "1"
+    assert [j.uuid for j in answer.jobs] == [JOB, OTHER]
+    assert answer.date == datetime(2026, 11, 30, 7, 21, 44, tzinfo=UTC).timestamp()
+
+
+async def test_a_query_without_a_date_header_says_so() -> None:
+    """No Date header (a proxy stripped it): the answer's date is None, not the worker's clock."""
+    answer = await Ontap(page([RECORD])).client().query({"state": "running"}, endpoint="active")
+    assert answer.date is None
+
+
+async def test_a_400_to_a_querys_filters_is_filter_refused() -> None:
+    """An old release or a proxy that does not know the operators: FilterRefused, not retried."""
+    ontap = Ontap(error(400, {"message": 'Unexpected argument "end_time".', "code": "262179"}))
+    with pytest.raises(FilterRefused) as caught:
+        await ontap.client().query({"end_time": ">=2026-11-30T07:21:42+00:00"}, endpoint="ends")
+    assert caught.value.error["code"] == "262179"
+    assert len(ontap.requests) == 1
+
+
+async def test_a_400_to_a_read_by_uuid_is_a_plain_refusal() -> None:
+    """Only queries turn a 400 into FilterRefused; a 400 to a GET refuses that job."""
+    ontap = Ontap(error(400, {"message": "bad", "code": "2"}))
+    with pytest.raises(OntapRefused) as caught:
+        await ontap.client().get_job(JOB)
+    assert not isinstance(caught.value, FilterRefused)
+
+
+async def test_every_call_names_the_poller() -> None:
+    """X-Dot-Client-App and User-Agent are ontap-job-poller/<version> on every call."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return page([RECORD]) if request.url.path.endswith("jobs") else ok()
+
+    settings = ClusterSettings(url=BASE, username="admin", password="pw")
+    http = build_http_client(settings, transport=httpx.MockTransport(handler))
+    client = OntapClient("c1", http, retry=SMALL)
+    await client.get_job(JOB)
+    await client.get_jobs([JOB, OTHER])
+    await client.query({"state": "running"}, endpoint="active")
+    await client.aclose()
+
+    expected = f"ontap-job-poller/{__version__}"
+    assert [(r.headers["X-Dot-Client-App"], r.headers["User-Agent"]) for r in seen] == [
+        (expected, expected)
+    ] * 3
+
+
+async def test_calls_to_one_cluster_never_exceed_max_concurrent_requests() -> None:
+    """Twenty reads at once run at most three at a time."""
+    running = most = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return ok()
+
+    http = httpx.AsyncClient(base_url=BASE, transport=httpx.MockTransport(handler))
+    client = OntapClient("c1", http, retry=SMALL, max_concurrent_requests=3)
+    await asyncio.gather(*(client.read([JOB]) for _ in range(20)))
+    assert most == 3

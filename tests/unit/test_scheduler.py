@@ -1,225 +1,271 @@
-"""The per-cluster scheduler at scale: full collection calls, a bound on calls, ends first."""
+"""The scheduler: what it asks ONTAP and when, with the feed and without, against the simulator.
+
+Each test runs one cluster's scheduler and dispatcher (``tests.rig``) against the simulator in
+process, on a cluster clock two days behind the worker's that only the test moves.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from poller.errors import BrokerError, JobNotFound
-from poller.events import Envelope
-from poller.models import Job, WatchRequest, error_body
-from poller.scheduler import ClusterScheduler
-from poller.tracking import Policy, Progress
-from poller.watches import Dispatcher, Watch
-from tests.fakes import FakeDelivery
+from poller.ontap import batch_size
+from poller.simulator import Simulator
+from poller.simulator.testing import FakeClock
+from tests.rig import PASSWORD, USER, cluster_rig
 
-POLICY = Policy(poll_interval_min_s=0.2, poll_interval_max_s=0.4)
+RUNNING = [{"after": 0, "state": "running", "message": "Working"}]
 
 
-@dataclass
-class FakeOutbox:
-    events: list[Envelope] = field(default_factory=list)
-    #: Events of these states wait for ``gate`` before the broker "confirms" them.
-    held_states: frozenset[str] = frozenset()
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    waiting: int = 0
-
-    async def publish_event(self, envelope: Envelope) -> None:
-        if envelope.routing_key.rsplit(".", 1)[-1] in self.held_states:
-            self.waiting += 1
-            await self.gate.wait()
-        self.events.append(envelope)
-
-    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
-        pass
-
-    async def requeue_watch(self, watch: Watch, value: str) -> None:
-        raise BrokerError("no copies in these tests: the watch stays held")
+def timeline(end_after_s: float, state: str = "success") -> list[dict[str, object]]:
+    return [*RUNNING, {"after": end_after_s, "state": state, "message": "Done"}]
 
 
-class FakeOntap:
-    """Jobs in fixed states; records every call and how many ran at once."""
-
-    cluster = "c1"
-
-    def __init__(self, states: dict[str, str], missing: frozenset[str] = frozenset()) -> None:
-        self.states = states
-        self.missing = missing  # left out of collection answers (a lagging replica)
-        self.collection_calls: list[int] = []
-        self.single_calls: list[str] = []
-        self.running = 0
-        self.most_at_once = 0
-
-    async def _call(self) -> None:
-        self.running += 1
-        self.most_at_once = max(self.most_at_once, self.running)
-        await asyncio.sleep(0.01)
-        self.running -= 1
-
-    def _job(self, uuid_: str) -> Job:
-        return Job({"uuid": uuid_, "state": self.states[uuid_]})
-
-    async def get_jobs(self, uuids: list[str]) -> dict[str, Job]:
-        self.collection_calls.append(len(uuids))
-        await self._call()
-        return {u: self._job(u) for u in uuids if u in self.states and u not in self.missing}
-
-    async def get_job(self, uuid_: str) -> Job:
-        self.single_calls.append(uuid_)
-        await self._call()
-        if uuid_ not in self.states:
-            raise JobNotFound("gone", error=error_body("entry doesn't exist", code="4"))
-        return self._job(uuid_)
+def jobs(sim: Simulator, n: int, tl: list[dict[str, object]] | None = None) -> list[str]:
+    return [
+        sim.create_job(uuid=str(uuid.UUID(int=i + 1)), timeline=tl or RUNNING) for i in range(n)
+    ]
 
 
-@dataclass
-class Rig:
-    scheduler: ClusterScheduler
-    ontap: FakeOntap
-    outbox: FakeOutbox
-
-    def watch(self, job: str) -> Watch:
-        return Watch(
-            watch_id=str(uuid.uuid4()),
-            request=WatchRequest(job, "c1", None),
-            delivery=FakeDelivery(),
-            deadline_at=time.time() + 3600,
-            held_since=time.time(),
-            key=job,
-        )
-
-    def add(self, jobs: list[str]) -> None:
-        for job in jobs:
-            self.scheduler.add(self.watch(job), Progress())
-
-    async def until(self, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                if check():
-                    return
-                await asyncio.sleep(0.01)
+# --- reads by uuid alone (feed = false, or a cluster that refuses the feed) ---------------------
 
 
-def jobs(n: int) -> list[str]:
+async def test_without_the_feed_a_burst_of_watches_is_read_in_full_collection_calls() -> None:
+    """250 new watches: three uuid=a|b|… calls as full as a short URL allows, not 250 GETs."""
+    full = batch_size("http://ontap")
+    async with cluster_rig(feed=False) as rig:
+        rig.watch_jobs(jobs(rig.sim, 250))
+        await rig.until(lambda: len(rig.outbox.events) == 250)
+
+        sizes = [len(q["uuid"].split("|")) for q in rig.transport.queries()]
+        assert sorted(sizes) == [250 - 2 * full, full, full]
+        assert rig.transport.singles() == []
+
+
+async def test_without_the_feed_jobs_read_together_are_read_together_again() -> None:
+    """Unchanged jobs back off together: their next reads are full collection calls too."""
+    async with cluster_rig(feed=False) as rig:
+        rig.watch_jobs(jobs(rig.sim, 150))
+        await rig.until(lambda: len(rig.transport.queries()) >= 9)
+
+        sizes = [len(q["uuid"].split("|")) for q in rig.transport.queries()]
+
+    # Read in rounds of all 150: each round in as many calls as the first, none a straggler.
+    rounds: list[list[int]] = [[]]
+    for size in sizes:
+        rounds[-1].append(size)
+        if sum(rounds[-1]) == 150:
+            rounds.append([])
+    assert len(rounds) >= 3, sizes
+    assert [sorted(r) for r in rounds[1:-1]] == [sorted(rounds[0])] * (len(rounds) - 2)
+    assert len(rounds[0]) <= 3  # 150 jobs fit in two calls; a third only if they came in two bursts
+
+
+async def test_with_batch_false_each_job_gets_its_own_get() -> None:
+    """feed = false and batch = false: one GET per job and read, no collection call."""
+    async with cluster_rig(feed=False, batch=False) as rig:
+        rig.watch_jobs(jobs(rig.sim, 3))
+        await rig.until(lambda: len(rig.outbox.events) == 3)
+        assert rig.transport.queries() == []
+        assert sorted(set(rig.transport.singles())) == sorted(jobs_uuids(3))
+
+
+def jobs_uuids(n: int) -> list[str]:
     return [str(uuid.UUID(int=i + 1)) for i in range(n)]
 
 
-@pytest.fixture
-async def make_rig() -> AsyncIterator[Callable[..., Rig]]:
-    tasks: list[asyncio.Task[None]] = []
-
-    def make(ontap: FakeOntap, *, outbox: FakeOutbox | None = None, **options: Any) -> Rig:
-        outbox = outbox or FakeOutbox()
-        settings: dict[str, Any] = {
-            "batch": True,
-            "batch_size": 100,
-            "max_concurrent_requests": 6,
-            "checkpoint_interval_s": 600.0,
-        }
-        settings.update(options)
-        scheduler = ClusterScheduler(ontap, Dispatcher("c1", outbox), POLICY, **settings)  # type: ignore[arg-type]
-        tasks.append(asyncio.create_task(scheduler.run()))
-        return Rig(scheduler, ontap, outbox)
-
-    yield make
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+async def test_an_unknown_job_ends_as_not_found() -> None:
+    """A uuid ONTAP does not know: the collection leaves it out, one GET says 404."""
+    async with cluster_rig() as rig:
+        job = str(uuid.uuid4())
+        rig.watch_jobs([job])
+        await rig.until(lambda: rig.finished(job))
+        assert rig.outbox.routing_keys() == ["watch.c1.not_found"]
+        assert rig.transport.singles() == [job]
 
 
-async def test_a_burst_of_watches_is_read_in_full_collection_calls(make_rig) -> None:
-    """250 jobs watched at once: first read in calls of 100, 100 and 50; no single GET."""
-    names = jobs(250)
-    rig = make_rig(FakeOntap(dict.fromkeys(names, "running")))
-    rig.add(names)
-
-    await rig.until(lambda: sum(rig.ontap.collection_calls) >= 250)
-
-    assert sorted(rig.ontap.collection_calls[:3], reverse=True) == [100, 100, 50]
-    assert rig.ontap.single_calls == []
-
-
-async def test_jobs_read_together_are_read_together_again(make_rig) -> None:
-    """Unchanged jobs keep their cadence from the first read: later reads stay full."""
-    names = jobs(150)
-    rig = make_rig(FakeOntap(dict.fromkeys(names, "running")))
-    rig.add(names)
-
-    await rig.until(lambda: len(rig.ontap.collection_calls) >= 8)
-
-    assert sorted(rig.ontap.collection_calls[:8], reverse=True) == [100] * 4 + [50] * 4
+async def test_an_end_is_published_while_other_changes_wait_their_turn() -> None:
+    """With 200 first sightings held up at the broker, a job's end still goes out at once."""
+    async with cluster_rig(feed=False) as rig:
+        rig.outbox.held_states = frozenset({"running"})
+        running = jobs(rig.sim, 200)
+        ended = rig.sim.create_job(timeline=[{"after": 0, "state": "success"}])
+        rig.watch_jobs([*running, ended])
+        await rig.until(lambda: "job.c1.success" in rig.outbox.routing_keys())
+        assert rig.outbox.waiting >= 64  # the first sightings were waiting all along
+        rig.outbox.gate.set()
 
 
-async def test_with_batch_false_each_job_gets_its_own_get(make_rig) -> None:
-    """batch = false: one GET per job and no collection call."""
-    names = jobs(5)
-    rig = make_rig(FakeOntap(dict.fromkeys(names, "running")), batch=False)
-    rig.add(names)
-
-    await rig.until(lambda: len(set(rig.ontap.single_calls)) == 5)
-
-    assert rig.ontap.collection_calls == []
+# --- the change feed ----------------------------------------------------------------------------
 
 
-async def test_a_job_missing_from_the_collection_answer_is_confirmed_with_one_get(
-    make_rig,
+@pytest.mark.parametrize("watched", [20, 400])
+async def test_calls_per_tick_do_not_grow_with_the_jobs_watched(watched: int) -> None:
+    """20 or 400 running jobs: after the first reads, a second of ticks costs the same calls."""
+    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.2) as rig:
+        rig.watch_jobs(jobs(rig.sim, watched))
+        await rig.until(lambda: len(rig.outbox.events) == watched)
+        await asyncio.sleep(0.3)
+        before = len(rig.transport.requests)
+        await asyncio.sleep(1.0)
+        calls = len(rig.transport.requests) - before
+        by_filter = {next(iter(q), "") for q in rig.transport.queries()[-calls:]}
+
+    # About 20 ends windows and 5 active rounds a second, whatever the number of jobs.
+    assert 15 <= calls <= 40, calls
+    assert by_filter <= {"end_time", "state"}
+
+
+async def test_an_end_is_seen_within_a_tick_whatever_poll_interval_max_is() -> None:
+    """poll_interval_max 30 s: the end still comes with the next ends window, a tick later."""
+    async with cluster_rig(poll_interval_min=0.1, poll_interval_max=30.0) as rig:
+        (job,) = jobs(rig.sim, 1, timeline(10))
+        rig.watch_jobs([job])
+        await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
+        await asyncio.sleep(0.5)  # the active set's backoff is now far beyond the end
+
+        reads = rig.transport.by_uuid()
+        rig.clock.advance(10)
+        started = asyncio.get_running_loop().time()
+        await rig.until(lambda: rig.finished(job))
+        took = asyncio.get_running_loop().time() - started
+
+    assert rig.outbox.routing_keys() == ["job.c1.running", "job.c1.success"]
+    assert took < 0.5, f"the end took {took:.2f} s to arrive with a tick of 0.1 s"
+    assert rig.transport.by_uuid() == reads  # an ends window told it, not a read by uuid
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "zone"),
+    [(-7 * 60, "UTC"), (7 * 60, "UTC"), (-3600, "America/New_York"), (5400, "+05:30")],
+)
+async def test_the_window_is_on_the_clusters_clock_and_in_its_zone(
+    offset_s: float, zone: str
 ) -> None:
-    """Absent from the answer: one GET tells; here it is there (a lagging replica), no end."""
-    names = jobs(20)
-    lagging = names[3]
-    rig = make_rig(FakeOntap(dict.fromkeys(names, "running"), missing=frozenset({lagging})))
-    rig.add(names)
-
-    await rig.until(lambda: len(rig.outbox.events) == 20)
-
-    assert rig.ontap.single_calls[0] == lagging
-    assert {e.headers["ce-subject"] for e in rig.outbox.events} == set(names)
-    assert all(e.routing_key == "job.c1.running" for e in rig.outbox.events)
-
-
-async def test_a_job_gone_from_the_answer_and_the_get_ends_as_not_found(make_rig) -> None:
-    """Absent from the answer and 404 on its own GET: watch.c1.not_found."""
-    names = jobs(10)
-    states = dict.fromkeys(names[1:], "running")
-    rig = make_rig(FakeOntap(states))
-    rig.add(names)
-
-    await rig.until(lambda: any(e.routing_key == "watch.c1.not_found" for e in rig.outbox.events))
-
-    assert rig.ontap.single_calls == [names[0]]
-
-
-async def test_calls_to_one_cluster_never_exceed_max_concurrent_requests(make_rig) -> None:
-    """400 jobs one GET each (batch = false): never more than 3 calls at once."""
-    names = jobs(400)
-    rig = make_rig(
-        FakeOntap(dict.fromkeys(names, "running")), batch=False, max_concurrent_requests=3
+    """A cluster 7 minutes behind or ahead, in its own zone: every end is seen within a tick."""
+    clock = FakeClock()
+    sim = Simulator(
+        username=USER, password=PASSWORD, clock=clock, clock_offset_s=offset_s, timezone=zone
     )
-    rig.add(names)
+    async with cluster_rig(sim=sim, poll_interval_min=0.05, poll_interval_max=30.0) as rig:
+        tracked = jobs(sim, 5, timeline(10, "failure"))
+        rig.watch_jobs(tracked)
+        await rig.until(lambda: len(rig.outbox.events) == 5)
+        reads = rig.transport.by_uuid()
+        clock.advance(11)
+        await rig.until(lambda: all(rig.finished(j) for j in tracked), timeout_s=2.0)
 
-    await rig.until(lambda: len(rig.ontap.single_calls) >= 400)
+    assert rig.outbox.routing_keys().count("job.c1.failure") == 5
+    assert rig.transport.by_uuid() == reads  # the ends windows saw every end; none was read by uuid
 
-    assert rig.ontap.most_at_once == 3
+
+async def test_a_window_taken_from_the_workers_clock_would_miss_every_end() -> None:
+    """The premise: 7 minutes behind, end_time>=<worker's now> finds nothing the feed finds."""
+    import time
+
+    from poller.feed import ClusterClock
+
+    clock = FakeClock(now=time.time())
+    sim = Simulator(username=USER, password=PASSWORD, clock=clock, clock_offset_s=-420)
+    async with cluster_rig(sim=sim) as rig:
+        (job,) = jobs(sim, 1, timeline(1))
+        clock.advance(2)
+        worker_window = ClusterClock().render(time.time() - 2)
+        answer = await rig.cluster.scheduler._ontap.query(
+            {"end_time": ">=" + worker_window}, endpoint="ends"
+        )
+        assert answer.jobs == []
+        rig.watch_jobs([job])
+        await rig.until(lambda: rig.finished(job))
+    assert rig.outbox.routing_keys() == ["job.c1.success"]
 
 
-async def test_an_end_is_published_while_other_changes_wait_their_turn(make_rig) -> None:
-    """Hundreds of first sightings stuck at the broker do not hold back a job's final event."""
-    names = jobs(300)
-    states = dict.fromkeys(names, "running")
-    states[names[-1]] = "success"
-    outbox = FakeOutbox(held_states=frozenset({"running"}))
-    rig = make_rig(FakeOntap(states), outbox=outbox)
-    rig.add(names)
+async def test_jobs_nobody_watches_are_never_published() -> None:
+    """Active and recently ended jobs of the cluster stay unpublished; the watched one is."""
+    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+        jobs(rig.sim, 30, timeline(1))
+        watched = rig.sim.create_job(timeline=timeline(3))
+        rig.clock.advance(2)  # the others have ended, recently
+        rig.watch_jobs([watched])
+        await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
+        rig.clock.advance(2)
+        await rig.until(lambda: rig.finished(watched))
+        await asyncio.sleep(0.3)
 
-    await rig.until(lambda: any(e.routing_key == "job.c1.success" for e in outbox.events))
+    assert {e.headers["ce-subject"] for e in rig.outbox.events} == {watched}
 
-    # The other changes went to the broker a bounded number at a time, not all 299 at once.
-    assert 0 < outbox.waiting < 299
-    outbox.gate.set()
-    await rig.until(lambda: len(outbox.events) == 300)
+
+async def test_a_cluster_that_refuses_the_filters_is_read_by_uuid_and_says_so_once() -> None:
+    """400 to the feed: one warning, the metric at 0, and every watch still ends."""
+    clock = FakeClock()
+    sim = Simulator(username=USER, password=PASSWORD, clock=clock, refuse_filters=True)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with cluster_rig(sim=sim) as rig:
+            watches = rig.watch_jobs(jobs(sim, 5, timeline(1)))
+            await rig.until(lambda: len(rig.outbox.events) == 5)
+            clock.advance(2)
+            await rig.until(lambda: all(rig.finished(w.request.uuid) for w in watches))
+            feed_enabled = rig.metrics.feed_enabled.labels("c1")._value.get()
+
+    assert [e["event"] for e in logs].count("feed.filters_refused") == 1
+    assert feed_enabled == 0
+    assert rig.outbox.routing_keys().count("job.c1.success") == 5
+    assert "uuid" in rig.transport.queries()[-1]
+
+
+async def test_the_active_round_follows_every_page() -> None:
+    """A cluster that answers 3 records a page: every watched job is still accounted for."""
+    clock = FakeClock()
+    sim = Simulator(username=USER, password=PASSWORD, clock=clock, max_page=3)
+    async with cluster_rig(sim=sim, poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+        rig.watch_jobs(jobs(sim, 10))
+        await rig.until(lambda: len(rig.outbox.events) == 10)
+        await asyncio.sleep(0.3)
+        reads_before = (
+            len(rig.transport.singles()),
+            sum("uuid" in q for q in rig.transport.queries()),
+        )
+        await asyncio.sleep(0.5)
+        reads_after = (
+            len(rig.transport.singles()),
+            sum("uuid" in q for q in rig.transport.queries()),
+        )
+        pages = [q for q in rig.transport.queries() if q.get("state") and "offset" in q]
+
+    assert pages, "no next page was followed"
+    assert reads_after == reads_before  # no job fell out of the feed to be read one by one
+
+
+async def test_every_call_carries_the_client_app_header() -> None:
+    """X-Dot-Client-App: ontap-job-poller/<version> on reads, batches and feed queries alike."""
+    from poller import __version__
+
+    async with cluster_rig() as rig:
+        watches = rig.watch_jobs([*jobs(rig.sim, 3, timeline(1)), str(uuid.uuid4())])
+        rig.clock.advance(2)
+        await rig.until(lambda: all(rig.finished(w.request.uuid) for w in watches))
+    assert rig.client_apps() == {f"ontap-job-poller/{__version__}"}
+
+
+async def test_intermediate_states_are_published_in_order() -> None:
+    """queued, running, paused, running, success: each change once, in order, by the feed."""
+    steps = [
+        {"after": 0, "state": "queued"},
+        {"after": 1, "state": "running"},
+        {"after": 2, "state": "paused"},
+        {"after": 3, "state": "running"},
+        {"after": 4, "state": "success"},
+    ]
+    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+        job = rig.sim.create_job(timeline=steps)
+        rig.watch_jobs([job])
+        for n in range(1, 5):
+            await rig.until(lambda n=n: len(rig.outbox.events) == n)
+            await asyncio.sleep(0.15)  # the next active round has passed
+            rig.clock.advance(1)
+        await rig.until(lambda: rig.finished(job))
+    assert rig.outbox.routing_keys() == [f"job.c1.{s['state']}" for s in steps]

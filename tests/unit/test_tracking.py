@@ -19,6 +19,7 @@ from poller.tracking import (
     Unreachable,
     expire,
     next_interval,
+    next_read,
     observe,
     step,
 )
@@ -35,13 +36,28 @@ def job(state: str, message: str | None = None, **extra: Any) -> Job:
 
 
 def run(observations: list[Any], policy: Policy = POLICY) -> list[Step]:
-    """Fold observations through ``step`` as the scheduler does, keeping every step."""
+    """Fold observations through ``step`` as the dispatcher does, keeping every step."""
     track, steps = Track(), []
     for observation in observations:
-        result = step(track, observation, policy)
+        result = step(track, observation, publish_progress=policy.publish_progress)
         steps.append(result)
         track = result.track
     return steps
+
+
+def reads(observations: list[Any], policy: Policy = POLICY) -> list[tuple[float, float]]:
+    """``(delay, interval)`` after each read by uuid, as the scheduler backs off."""
+    interval: float | None = None
+    last: tuple[str, str | None] | None = None
+    out = []
+    for observation in observations:
+        moved = False
+        if isinstance(observation, Seen):
+            key = (observation.job.state, observation.job.message)
+            moved, last = key != last, key
+        interval, delay = next_read(interval, observation, moved=moved, policy=policy)
+        out.append((delay, interval))
+    return out
 
 
 def events(steps: list[Step]) -> list[tuple[str, str, str | None, int]]:
@@ -166,8 +182,10 @@ def test_backoff_grows_to_the_cap_and_resets_on_change(
 
 def test_a_changed_message_resets_the_backoff_even_without_progress_events() -> None:
     """A moving job is polled sooner, whether or not its progress is published."""
-    steps = run([Seen(job("running", "a")), Seen(job("running", "a")), Seen(job("running", "b"))])
-    assert [s.next_poll_in_s for s in steps] == [1.0, 2.0, 1.0]
+    polled = reads(
+        [Seen(job("running", "a")), Seen(job("running", "a")), Seen(job("running", "b"))]
+    )
+    assert [delay for delay, _ in polled] == [1.0, 2.0, 1.0]
 
 
 def test_a_job_that_vanishes_after_being_seen_ends_as_not_found() -> None:
@@ -189,15 +207,14 @@ def test_refused_ends_every_watch_as_error() -> None:
 
 def test_unreachable_keeps_polling_with_backoff_and_remembers_the_failure() -> None:
     """A failed poll changes nothing published; it backs off and marks the job as failing."""
-    steps = run(
-        [
-            Seen(job("running")),
-            Unreachable(error_body("ConnectError")),
-            Unreachable(error_body("x")),
-        ]
-    )
+    observations = [
+        Seen(job("running")),
+        Unreachable(error_body("ConnectError")),
+        Unreachable(error_body("x")),
+    ]
+    steps = run(observations)
     assert [s.outcome for s in steps] == [None, None, None]
-    assert [s.next_poll_in_s for s in steps] == [1.0, 2.0, 4.0]
+    assert [delay for delay, _ in reads(observations)] == [1.0, 2.0, 4.0]
     assert steps[-1].track.failing
     assert steps[-1].track.progress.state == "running"
 
@@ -231,7 +248,7 @@ def test_deadline_outcome(track: Track, outcome: Outcome, body_key: str) -> None
 def test_resuming_from_progress_continues_the_count() -> None:
     """A watch resumed from a checkpoint names the next change with the saved n."""
     resumed = Track(progress=Progress(state="running", changes=2))
-    result = step(resumed, Seen(job("success")), POLICY)
+    result = step(resumed, Seen(job("success")), publish_progress=False)
     assert result.change is not None
     assert (result.change.index, result.change.previous_state) == (2, "running")
 
@@ -246,6 +263,5 @@ def test_observe_keeps_the_job_as_returned() -> None:
 
 def test_retry_after_delays_the_next_poll() -> None:
     """After ONTAP's Retry-After the job is not polled sooner than it asked."""
-    steps = run([Seen(job("running")), Unreachable(error_body("HTTP 503"), retry_after_s=20.0)])
-    assert steps[-1].next_poll_in_s == 20.0
-    assert steps[-1].track.interval_s == 2.0  # the backoff itself is unchanged
+    polled = reads([Seen(job("running")), Unreachable(error_body("HTTP 503"), retry_after_s=20.0)])
+    assert polled[-1] == (20.0, 2.0)  # the backoff itself is unchanged

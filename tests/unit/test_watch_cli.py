@@ -10,15 +10,9 @@ import pytest
 
 from poller.client import Event
 from poller.watch_cli import WatchDisplay
+from tests.fakes import FakeTTY
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
-
-
-class FakeTTY(io.StringIO):
-    """A stream that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
 
 
 class Clock:
