@@ -141,6 +141,16 @@ def test_services_start_in_order_and_are_health_checked() -> None:
     assert services["demo-client"]["depends_on"]["poller"]["condition"] == "service_healthy"
 
 
+def test_services_without_a_sigterm_handler_are_stopped_with_sigint() -> None:
+    """`simulate` and `events` stop on SIGINT; as PID 1 they would ignore compose's SIGTERM."""
+    services = load_compose()["services"]
+    assert services["ontap-sim"]["command"][0] == "simulate"
+    assert services["events"]["command"] == ["events"]
+    assert services["ontap-sim"]["stop_signal"] == "SIGINT"
+    assert services["events"]["stop_signal"] == "SIGINT"
+    assert "stop_signal" not in services["poller"]  # `run` handles SIGTERM: a graceful stop
+
+
 def test_poller_and_simulator_share_one_secret_file() -> None:
     """The poller reads the password from the secret the simulator serves with."""
     compose = load_compose()
