@@ -1,7 +1,7 @@
 """The stack's images, made without a registry: Debian bases by mmdebstrap, the project's from wheels.
 
 Every image made here carries the label ``LABEL``; to start cold, remove them all (and nothing else):
-``podman rmi --force $(podman images --quiet --filter label=ontap-job-poller.test=compose)``.
+``podman rmi $(podman images --quiet --filter label=ontap-job-poller.test=compose)``.
 """
 
 from __future__ import annotations
@@ -97,12 +97,21 @@ def image_label(engine: Engine, tag: str, label: str) -> str | None:
     return str(labels.get(label, ""))
 
 
-def remove_own_image(engine: Engine, tag: str) -> None:
-    """Remove the image under `tag` if this test made it; one made by anyone else is left alone."""
+def own_image(engine: Engine, tag: str) -> str | None:
+    """The id of the image under `tag` if this test made it; None for any other or none."""
     key, value = LABEL.split("=")
-    if image_label(engine, tag, key) == value:
-        image_id = engine.podman("image", "inspect", "--format", "{{.Id}}", tag).strip()
-        engine.podman("rmi", "--force", image_id)
+    if image_label(engine, tag, key) != value:
+        return None
+    return engine.podman("image", "inspect", "--format", "{{.Id}}", tag).strip()
+
+
+def remove_replaced(engine: Engine, image_id: str | None) -> None:
+    """Remove an image of this test that a new one replaced under its tag, unless still in use.
+
+    Never with --force, which would remove the containers using it: those may be another run's.
+    """
+    if image_id is not None:
+        engine.try_podman("rmi", image_id)
 
 
 def debian_image(engine: Engine, rootfs: Rootfs, workdir: Path) -> str:
@@ -116,7 +125,7 @@ def debian_image(engine: Engine, rootfs: Rootfs, workdir: Path) -> str:
     digest = inputs_digest(rootfs, sources)
     if image_label(engine, rootfs.tag, INPUTS_LABEL) == digest:
         return rootfs.tag
-    remove_own_image(engine, rootfs.tag)
+    replaced = own_image(engine, rootfs.tag)
     tarball = workdir / f"{digest}.tar"
     argv = [
         "mmdebstrap",
@@ -137,6 +146,7 @@ def debian_image(engine: Engine, rootfs: Rootfs, workdir: Path) -> str:
     changes = [f"--change={change}" for change in (*rootfs.changes, *labels)]
     engine.podman("import", *changes, str(tarball), rootfs.tag, timeout_s=300)
     tarball.unlink()
+    remove_replaced(engine, replaced)
     return rootfs.tag
 
 
@@ -165,7 +175,7 @@ def wheelhouse(directory: Path) -> Path:
 
 def project_image(engine: Engine, base: str, wheels: Path) -> str:
     """Build the project's image from the Dockerfile, offline from `wheels`, every time afresh."""
-    remove_own_image(engine, PROJECT)
+    replaced = own_image(engine, PROJECT)
     engine.podman(
         "build",
         "--pull=never",
@@ -180,6 +190,7 @@ def project_image(engine: Engine, base: str, wheels: Path) -> str:
         str(ROOT),
         timeout_s=600,
     )
+    remove_replaced(engine, replaced)
     return PROJECT
 
 

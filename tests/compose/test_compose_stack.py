@@ -2,7 +2,7 @@
 
 Runs with `pytest -m compose` (the default run leaves it out). Needs root and Debian's podman,
 podman-compose and mmdebstrap, which `.ci/run` installs; where they are missing the test fails and
-says what to install. About 1 min 50 s the first time on 2 cores, 45 s once the Debian base
+says what to install. About 1 min 45 s the first time on 2 cores, 45 s once the Debian base
 images exist.
 """
 
