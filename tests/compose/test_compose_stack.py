@@ -57,6 +57,16 @@ def stack(engine: Engine, tmp_path: Path) -> Iterator[Stack]:
             print("host restored:", ", ".join(undone) or "nothing to undo")
 
 
+def image_healthcheck_passes(stack: Stack, service: str) -> bool:
+    """The image's own HEALTHCHECK (compose.yaml sets another) passes in the service's container."""
+    image = stack.inspect(service, "{{.ImageName}}")
+    check = json.loads(
+        stack.engine.podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", image)
+    )
+    assert check["Test"][0] == "CMD", check
+    return stack.engine.try_podman("exec", stack.ids[service], *check["Test"][1:]).returncode == 0
+
+
 def until_subscribed(stack: Stack, timeout_s: float = 30) -> None:
     """Wait until the `events` service has bound its queue to the events exchange."""
     deadline = time.monotonic() + timeout_s
@@ -116,6 +126,7 @@ def test_compose_stack_runs_the_demo_with_a_non_root_sidecar_that_stops_on_sigte
     stack.up("poller", "events")
     stack.until_healthy("poller")
     assert stack.python("poller", READYZ).strip() == "200"
+    assert image_healthcheck_passes(stack, "poller")
     until_subscribed(stack)
 
     # The demo client has one job watched to its end; `events` prints the job's events.
