@@ -4,6 +4,7 @@ These machines have no Docker engine, so nothing is built or started here. Inste
 files are validated against the Compose Specification schema (check-jsonschema's built-in copy),
 every POLLER_* key they set must be one the settings accept, the secret must satisfy both the
 poller and the simulator, and the Dockerfile goes through hadolint and a structural check.
+tests/compose/ builds the images and runs compose.yaml for real, in podman (`pytest -m compose`).
 """
 
 from __future__ import annotations
