@@ -66,27 +66,32 @@ def is_engine_chain(name: str) -> bool:
     return name.startswith(ENGINE_CHAINS)
 
 
+def iptables(tool: str, table: str, *args: str) -> str | None:
+    """Run one iptables command; None if it worked, else what it said (teardown goes on)."""
+    done = subprocess.run(
+        [tool, "-w", "-t", table, *args], capture_output=True, text=True, check=False, timeout=30
+    )
+    return None if done.returncode == 0 else f"{tool} -t {table} {' '.join(args)}: {done.stderr}"
+
+
 def remove_new_chains(tool: str, table: str, before: frozenset[str]) -> list[str]:
     """Delete the engine's chains that appeared since `before`, with the rules that use them."""
     added = rules(tool, table) - before
-    chains = {
+    chains = sorted(
         line.split()[1]
         for line in added
         if line.startswith("-N ") and is_engine_chain(line.split()[1])
-    }
+    )
+    commands = []
     for line in sorted(added):
         words = shlex.split(line)
-        if words[0] != "-A":
-            continue
         jump = words[words.index("-j") + 1] if "-j" in words else None
-        if words[1] in chains or jump in chains:
-            subprocess.run([tool, "-w", "-t", table, "-D", *words[1:]], check=True, timeout=30)
+        if words[0] == "-A" and (words[1] in chains or jump in chains):
+            commands.append(["-D", *words[1:]])
     # All emptied first: a chain can be deleted only once no other chain jumps to it.
-    for chain in sorted(chains):
-        subprocess.run([tool, "-w", "-t", table, "-F", chain], check=True, timeout=30)
-    for chain in sorted(chains):
-        subprocess.run([tool, "-w", "-t", table, "-X", chain], check=True, timeout=30)
-    return [f"{tool} -t {table} {chain}" for chain in sorted(chains)]
+    commands += [["-F", chain] for chain in chains] + [["-X", chain] for chain in chains]
+    failed = [error for args in commands if (error := iptables(tool, table, *args))]
+    return [f"{tool} -t {table} {chain}" for chain in chains] + failed
 
 
 def end_new_aardvark(before: frozenset[int], wait_s: float = 5) -> list[int]:
