@@ -4,6 +4,7 @@ No Docker engine here, so each service of compose.yaml that runs this package is
 process with exactly its ``command``/``entrypoint`` and ``environment``, rewritten only where compose
 networking would differ: service host names become 127.0.0.1, ports become free ones, the secret's
 ``/run/secrets`` path becomes its file in the repository, and queue names become this test's own.
+tests/compose/ runs the same services in containers (`pytest -m compose`).
 """
 
 from __future__ import annotations

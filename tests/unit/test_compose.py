@@ -4,6 +4,7 @@ These machines have no Docker engine, so nothing is built or started here. Inste
 files are validated against the Compose Specification schema (check-jsonschema's built-in copy),
 every POLLER_* key they set must be one the settings accept, the secret must satisfy both the
 poller and the simulator, and the Dockerfile goes through hadolint and a structural check.
+tests/compose/ builds the images and runs compose.yaml for real, in podman (`pytest -m compose`).
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ def test_services_start_in_order_and_are_health_checked() -> None:
     assert grace.endswith("s")
     assert int(grace.removesuffix("s")) > 10  # the worker exits within 10 s of SIGTERM
     assert services["demo-client"]["depends_on"]["poller"]["condition"] == "service_healthy"
+
+
+def test_services_without_a_sigterm_handler_are_stopped_with_sigint() -> None:
+    """`simulate` and `events` stop on SIGINT; as PID 1 they would ignore compose's SIGTERM."""
+    services = load_compose()["services"]
+    assert services["ontap-sim"]["command"][0] == "simulate"
+    assert services["events"]["command"] == ["events"]
+    assert services["ontap-sim"]["stop_signal"] == "SIGINT"
+    assert services["events"]["stop_signal"] == "SIGINT"
+    assert "stop_signal" not in services["poller"]  # `run` handles SIGTERM: a graceful stop
 
 
 def test_poller_and_simulator_share_one_secret_file() -> None:
