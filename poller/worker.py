@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from poller import checkpoint
-from poller.amqp.broker import Broker, Delivery
+from poller.amqp.broker import Broker, Delivery, discovery_queue
+from poller.amqp.lease import Lease
 from poller.checkpoint import Checkpoint
 from poller.config import Settings
 from poller.dispatcher import Admission, Dispatcher
@@ -74,6 +76,16 @@ class Cluster:
 
     async def wait_idle(self) -> None:
         await asyncio.gather(self.scheduler.wait_idle(), self.dispatcher.wait_idle())
+
+    def discovering(self, on: bool, metrics: Metrics) -> None:
+        """This worker won (or lost) the cluster's discovery lease."""
+        name = self.scheduler.cluster
+        metrics.discoverer.labels(name).set(1 if on else 0)
+        if on:
+            log.warning("discovery.active", cluster=name)
+        else:
+            log.info("discovery.standby", cluster=name)
+        self.scheduler.discover(on)
 
     def admit(self, watch: Watch, progress: Progress, *, resumed: bool) -> Admission:
         """Hand a watch to the dispatcher, and have its job read if it needs to be."""
@@ -168,6 +180,7 @@ class Worker:
         self.broker.on_reconnect(self._on_reconnect)
         loops = [task for cluster in self.clusters.values() for task in cluster.tasks()]
         await self.broker.consume(self.on_delivery)
+        leases = await self._join_discovery()
         log.info(
             "worker.started",
             clusters=sorted(self.clusters),
@@ -177,11 +190,30 @@ class Worker:
             await stop.wait()
         finally:
             log.info("worker.stopping")
+            # Discovery first: another worker takes over while this one finishes its watches.
+            await asyncio.gather(*(lease.stop() for lease in leases))
             await self.broker.stop_consuming()
             await self._drain(loops)
             await self.broker.close()
             await asyncio.gather(*(c.aclose() for c in self._clients.values()))
             log.info("worker.stopped")
+
+    async def _join_discovery(self) -> list[Lease]:
+        """Stand by for the discovery of every cluster that says ``discover = true``."""
+        leases = []
+        for name, cluster in self.clusters.items():
+            if not self.settings.clusters[name].discover:
+                continue
+            self.metrics.discoverer.labels(name).set(0)
+            lease = Lease(
+                self.broker.connection,
+                discovery_queue(self.broker.topology, name),
+                on_change=functools.partial(cluster.discovering, metrics=self.metrics),
+                renew_s=self.settings.checkpoint_interval,
+            )
+            await lease.start()
+            leases.append(lease)
+        return leases
 
     async def _drain(self, loops: list[asyncio.Task[None]]) -> None:
         # Publishes are idempotent (same ids) and unacked watches come back, so cancelling is safe;

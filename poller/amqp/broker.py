@@ -236,6 +236,11 @@ class Broker:
                 await exchange.publish(message, key, mandatory=False, timeout=PUBLISH_TIMEOUT_S)
 
 
+def discovery_queue(topology: Topology, cluster: str) -> str:
+    """The queue whose token is the lease on discovering ``cluster``, beside the watch queue."""
+    return f"{topology.watch_queue}.discover.{cluster}"
+
+
 def watch_queue_arguments(topology: Topology) -> dict[str, Any]:
     """A quorum queue that dead-letters, at least once, what outlives ``DELIVERY_LIMIT``."""
     return {
