@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("uuid", help="the ONTAP job UUID")
     watch.add_argument("--cluster", help="a configured cluster name (optional with one cluster)")
     watch.add_argument("--timeout", type=float, metavar="S", help="deadline of the watch, seconds")
+    watch.add_argument(
+        "--traceparent",
+        default=os.environ.get("TRACEPARENT"),
+        metavar="TP",
+        help="W3C traceparent to carry to the watch's events (default: $TRACEPARENT)",
+    )
     watch.add_argument(
         "--wait",
         action="store_true",
@@ -145,7 +152,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "watch":
         from poller.watch_cli import watch
 
-        return asyncio.run(watch(settings, args.uuid, args.cluster, args.timeout, wait=args.wait))
+        return asyncio.run(
+            watch(
+                settings,
+                args.uuid,
+                args.cluster,
+                args.timeout,
+                wait=args.wait,
+                traceparent=args.traceparent,
+            )
+        )
     if args.command == "events":
         from poller.watch_cli import print_events
 

@@ -128,12 +128,17 @@ async def publish_watch(
     queue: str = DEFAULT_QUEUE,
     correlation_id: str | None = None,
     reply_to: str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> str:
     """Ask the poller to watch a job; return the request's correlation_id.
 
-    Raises ``NotRouted`` when no worker has declared ``queue`` yet (nothing is lost silently).
+    ``traceparent`` (and ``tracestate``), W3C Trace Context, come back on every event of the
+    watch as ``ce-traceparent`` (``ce-tracestate``). Raises ``NotRouted`` when no worker has
+    declared ``queue`` yet (nothing is lost silently).
     """
     correlation_id = correlation_id or str(uuidlib.uuid4())
+    headers = {"traceparent": traceparent, "tracestate": tracestate}
     await publish_request(
         connection,
         queue,
@@ -141,6 +146,7 @@ async def publish_watch(
         correlation_id=correlation_id,
         reply_to=reply_to,
         message_id=correlation_id,
+        headers={k: v for k, v in headers.items() if v is not None},
     )
     return correlation_id
 
@@ -153,6 +159,8 @@ async def wait_for_final(
     timeout: float | None = None,
     queue: str = DEFAULT_QUEUE,
     on_event: Callable[[Event], None] | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> Event:
     """Watch a job and return its final event (``job.*`` end state, or ``watch.*``).
 
@@ -167,6 +175,8 @@ async def wait_for_final(
             timeout=timeout,
             queue=queue,
             reply_to=subscription.name,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         async for received in subscription:
             event = Event.from_received(received)

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from poller import tracking
+from poller import tracing, tracking
 from poller.errors import BrokerError
 from poller.events import job_event
 from poller.metrics import Metrics
@@ -127,6 +127,8 @@ class Dispatcher:
             # first, or another worker polled the job): go on from it, so that later changes get
             # the n, hence the ce-id, that its earlier events were published with.
             record.track = Track(progress)
+        if record.trace is None:
+            record.trace = watch.trace
         previous = record.watches.get(watch.watch_id)
         record.watches[watch.watch_id] = watch
         record.empty_since = None
@@ -187,8 +189,11 @@ class Dispatcher:
             if not step.final and not await self._catch_up(record, watches):
                 return Applied.RETRY
             envelope = job_event(self.cluster, record.uuid, step.change, self._settler.now())
+            attributes = {"cloudevents.event_id": envelope.message_id, "ontap.job": record.uuid}
             try:
-                await self._settler.publish(envelope, watches)
+                with tracing.publishing(envelope.routing_key, record.trace, attributes) as trace:
+                    envelope = envelope.with_trace(trace)
+                    await self._settler.publish(envelope, watches)
             except BrokerError as exc:
                 # Progress is not advanced: the same change is offered again, with the same id.
                 log.warning("event.publish_failed", error=str(exc))

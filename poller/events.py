@@ -19,11 +19,13 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from poller.models import FINAL_STATES
+from poller.tracecontext import TraceContext
 from poller.tracking import Change, Outcome
 
 APP_ID: Final = "ontap-job-poller"
 CONTENT_TYPE: Final = "application/json"
 PROGRESS_TYPE: Final = "ontap.job.progress"
+_TRACE_HEADERS: Final = frozenset({"ce-traceparent", "ce-tracestate"})
 _FORMAT: Final = JSONFormat()
 
 
@@ -39,9 +41,16 @@ class Envelope:
     timestamp: datetime
     correlation_id: str | None = None
 
-    def for_watch(self, correlation_id: str | None) -> Envelope:
-        """The copy sent to a watch's ``reply_to``: same event, that watch's ``correlation_id``."""
-        return replace(self, correlation_id=correlation_id)
+    def with_trace(self, trace: TraceContext | None) -> Envelope:
+        """The same event in ``trace`` (``ce-traceparent``, ``ce-tracestate``), or in none."""
+        headers = {k: v for k, v in self.headers.items() if k not in _TRACE_HEADERS}
+        if trace is not None:
+            headers.update({f"ce-{name}": value for name, value in trace.attributes().items()})
+        return replace(self, headers=headers)
+
+    def for_watch(self, correlation_id: str | None, trace: TraceContext | None = None) -> Envelope:
+        """The copy sent to a watch's ``reply_to``: that watch's ``correlation_id`` and trace."""
+        return replace(self.with_trace(trace), correlation_id=correlation_id)
 
 
 def change_id(cluster: str, job_uuid: str, n: int, state: str) -> str:

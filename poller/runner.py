@@ -7,6 +7,7 @@ import signal
 
 import structlog
 
+from poller import tracing
 from poller.amqp.broker import Broker, Topology
 from poller.config import Settings
 from poller.metrics import Metrics
@@ -45,6 +46,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         install_stop_signals(stop)
     metrics = Metrics()
+    if tracing.configure():
+        log.info("tracing.enabled")
     worker: Worker | None = None
     ops = None
     if settings.http_port:

@@ -60,7 +60,7 @@ class Settler:
             watch_key=watch.key,
             correlation_id=watch.delivery.correlation_id,
             seen_at=self.now(),
-        )
+        ).with_trace(watch.trace)
         try:
             await self.publish(envelope, [watch])
         except BrokerError as exc:
@@ -95,7 +95,8 @@ class Settler:
             return  # its own checkpoint coming back: the subscriber has this event already
         try:
             await self._outbox.publish_reply(
-                latest.for_watch(watch.delivery.correlation_id), watch.delivery.reply_to
+                latest.for_watch(watch.delivery.correlation_id, watch.trace),
+                watch.delivery.reply_to,
             )
         except BrokerError as exc:
             log.warning("watch.replay_failed", job=record.uuid, error=str(exc))
@@ -119,7 +120,9 @@ class Settler:
         await self._outbox.publish_event(envelope)
         log.debug("event.published", routing_key=envelope.routing_key, id=envelope.message_id)
         replies = [
-            self._outbox.publish_reply(envelope.for_watch(w.delivery.correlation_id), reply_to)
+            self._outbox.publish_reply(
+                envelope.for_watch(w.delivery.correlation_id, w.trace), reply_to
+            )
             for w in watches
             if (reply_to := w.delivery.reply_to) is not None and not w.delivery.stale
         ]

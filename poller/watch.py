@@ -12,6 +12,7 @@ from typing import Protocol
 
 from poller.events import Envelope
 from poller.models import WatchRequest
+from poller.tracecontext import TraceContext
 from poller.tracking import Track
 
 
@@ -60,6 +61,8 @@ class Watch:
     busy: bool = False
     #: A failed expiry or checkpoint is not retried before this time.
     not_before: float = 0.0
+    #: The request's W3C trace context: it comes back on this watch's events.
+    trace: TraceContext | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -75,3 +78,5 @@ class Record:
     empty_since: float | None = None
     #: Published because its cluster is discovered, whether or not anyone watches it.
     discovered: bool = False
+    #: The trace of the watch that started following the job: the job's events carry it.
+    trace: TraceContext | None = None

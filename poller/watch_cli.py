@@ -104,13 +104,19 @@ async def watch(
     timeout: float | None,
     *,
     wait: bool,
+    traceparent: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     connection = await connect(settings.amqp_url, name="ontap-job-poller watch")
     async with connection:
         if not wait:
             correlation_id = await publish_watch(
-                connection, job_uuid, cluster=cluster, timeout=timeout, queue=settings.watch_queue
+                connection,
+                job_uuid,
+                cluster=cluster,
+                timeout=timeout,
+                queue=settings.watch_queue,
+                traceparent=traceparent,
             )
             print(f"published watch of {job_uuid} (correlation_id {correlation_id})", file=out)
             return 0
@@ -125,6 +131,7 @@ async def watch(
                 timeout=timeout,
                 queue=settings.watch_queue,
                 on_event=display.on_event,
+                traceparent=traceparent,
             )
         except BaseException:
             display.abandon()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from poller import checkpoint
+from poller import checkpoint, tracecontext
 from poller.amqp.broker import Broker, Delivery, discovery_queue
 from poller.amqp.lease import Lease
 from poller.checkpoint import Checkpoint
@@ -268,6 +268,7 @@ class Worker:
             seen=(saved.progress.state, saved.progress.changes),
             saved_changes=saved.progress.changes,
             key=delivery.correlation_id or delivery.message_id or saved.watch_id,
+            trace=tracecontext.from_headers(delivery.headers),
         )
         admission = self.clusters[request.cluster].admit(watch, saved.progress, resumed=resumed)
         if admission is Admission.SETTLED:

@@ -171,3 +171,50 @@ async def test_watch_wait_off_a_terminal_prints_plain_lines(
     assert "\r" not in out.getvalue()
     assert [line.split()[1] for line in lines[:-1]] == ["job.c1.running", "job.c1.failure"]
     assert lines[-1].startswith(f"job {job} failure after ")
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_a_traceparent_sent_with_the_request_comes_back_on_every_event(
+    sim, names, amqp_url, start_worker, subscribe
+) -> None:
+    """publish_watch(traceparent=...): the exchange's events and the replies carry it as ce-*."""
+    simulator, base_url = sim
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    events, _ = await subscribe(names.events_exchange, "#")
+    replies, reply_queue = await subscribe(None)
+    job = simulator.create_job(timeline=SUCCESS)
+    connection = await connect(amqp_url)
+    async with connection:
+        await publish_watch(
+            connection,
+            job,
+            cluster="c1",
+            queue=names.watch_queue,
+            reply_to=reply_queue,
+            traceparent=TRACEPARENT,
+            tracestate="congo=t61rcWkgMzE",
+        )
+    await events.wait_keys("job.c1.success")
+    await replies.wait_for(lambda got: len(got) == 3)
+    for message in [*events.messages, *replies.messages]:
+        assert message.headers["ce-traceparent"] == TRACEPARENT
+        assert message.headers["ce-tracestate"] == "congo=t61rcWkgMzE"
+
+
+async def test_watch_sends_a_traceparent(sim, names, amqp_url, start_worker, subscribe) -> None:
+    """`watch --wait --traceparent TP`: every event of that watch came back in that trace."""
+    simulator, base_url = sim
+    settings = make_settings(amqp_url, names, {"c1": cluster(base_url)})
+    await start_worker(settings)
+    events, _ = await subscribe(names.events_exchange, "#")
+    job = simulator.create_job(timeline=SUCCESS)
+
+    code = await watch(
+        settings, job, "c1", None, wait=True, traceparent=TRACEPARENT, out=io.StringIO()
+    )
+
+    assert code == 0
+    await events.wait_keys("job.c1.success")
+    assert {m.headers["ce-traceparent"] for m in events.messages} == {TRACEPARENT}
