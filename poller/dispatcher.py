@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 import structlog
@@ -29,7 +29,8 @@ from poller.errors import BrokerError
 from poller.events import job_event
 from poller.metrics import Metrics
 from poller.settling import Settler
-from poller.tracking import Observation, Progress, Step, Track, expire
+from poller.tasks import Background
+from poller.tracking import Observation, Progress, Step, Track
 from poller.watch import Outbox, Record, Watch
 
 log = structlog.get_logger(__name__)
@@ -41,7 +42,6 @@ _CHANGES_AT_ONCE: Final = 64
 #: A job whose watches all left (to be re-enqueued with a checkpoint) is kept this long, so that
 #: the copies coming back find its progress and its latest event.
 _EMPTY_GRACE_S: Final = 30.0
-_ACTION_RETRY_S: Final = 2.0
 #: How long the ids of ended watches are remembered, to settle their late copies.
 _ENDED_MEMORY_S: Final = 600.0
 #: Housekeeping visits every watch, so it runs at most every _SWEEP_S_PER_JOB per job, between
@@ -101,10 +101,8 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self._records: dict[str, Record] = {}
-        #: The cluster's last feed call failed with this error (None while it answers).
-        self._unreachable: dict[str, Any] | None = None
         self._changes = asyncio.Semaphore(_CHANGES_AT_ONCE)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background("dispatcher", cluster)
 
     def holds(self, job_uuid: str) -> bool:
         return job_uuid in self._records
@@ -114,7 +112,7 @@ class Dispatcher:
     def add(self, watch: Watch, progress: Progress, *, resumed: bool = False) -> Admission:
         """Attach a watch to its job (a request, or a checkpoint copy coming back)."""
         if resumed and watch.watch_id in self._settler.ended:
-            self._spawn(self._settler.settle_late_copy(watch))
+            self._tasks.spawn(self._settler.settle_late_copy(watch))
             return Admission.SETTLED
         uuid = watch.request.uuid
         record = self._records.get(uuid)
@@ -135,9 +133,9 @@ class Dispatcher:
         if previous is not None and previous.delivery is not watch.delivery and not previous.busy:
             # A second copy of the same watch (a checkpoint whose old delivery could not be
             # acknowledged): settle the older one, or it would be held until the consumer timeout.
-            self._spawn(self._settler.ack(record, previous))
+            self._tasks.spawn(self._settler.ack(record, previous))
         if admission is Admission.JOINED:
-            self._spawn(self._settler.replay_latest(record, watch))
+            self._tasks.spawn(self._settler.replay_latest(record, watch))
         return admission
 
     # -- observations in ------------------------------------------------------------------------
@@ -160,7 +158,7 @@ class Dispatcher:
 
     def note_reachable(self, error: dict[str, Any] | None) -> None:
         """The cluster's feed answered (None), or failed with ``error``: deadlines now say so."""
-        self._unreachable = error
+        self._settler.unreachable = error
 
     def forget_discovered(self) -> None:
         """Discovery moved to another worker: forget the jobs nobody here waits on."""
@@ -245,16 +243,6 @@ class Dispatcher:
         # A successful checkpoint detaches the watch (its copy comes back); a failed one keeps it.
         return not any(record.watches.get(w.watch_id) is w for w in lagging)
 
-    # -- one watch -------------------------------------------------------------------------------
-
-    async def _expire(self, record: Record, watch: Watch) -> None:
-        """The watch's deadline passed: ``timeout``, or ``error`` when ONTAP was failing."""
-        track = record.track
-        if self._unreachable is not None and not track.failing:
-            track = Track(track.progress, failing=True, last_error=self._unreachable)
-        outcome, body = expire(track)
-        await self._settler.end_watch(record, watch, outcome, body)
-
     # -- housekeeping ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -266,9 +254,7 @@ class Dispatcher:
                 pause = len(self._records) * _SWEEP_S_PER_JOB
                 await asyncio.sleep(min(_SWEEP_MAX_S, max(_SWEEP_MIN_S, pause)))
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.cancel()
 
     def sweep(self, now: float) -> None:
         """Forget dead deliveries; expire and checkpoint the watches that are due; forget jobs."""
@@ -284,9 +270,11 @@ class Dispatcher:
                 elif watch.deadline_at <= now and not self._reading(record.uuid):
                     # Past the deadline with a read under way, the read's end comes first: it
                     # tells "ONTAP still answered" (timeout) from "the attempts all failed" (error).
-                    self._spawn(self._under_lock(record, watch, self._expire))
+                    self._tasks.spawn(self._settler.serially(record, watch, self._settler.expire))
                 elif now - watch.held_since >= self._checkpoint_interval_s:
-                    self._spawn(self._under_lock(record, watch, self._settler.checkpoint))
+                    self._tasks.spawn(
+                        self._settler.serially(record, watch, self._settler.checkpoint)
+                    )
             watches += len(record.watches)
             if record.watches or record.discovered:
                 record.empty_since = None
@@ -300,42 +288,12 @@ class Dispatcher:
 
     async def wait_idle(self) -> None:
         """Wait for the expiries, checkpoints and acknowledgements under way now."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-
-    async def _under_lock(
-        self,
-        record: Record,
-        watch: Watch,
-        action: Callable[[Record, Watch], Coroutine[Any, Any, Any]],
-    ) -> None:
-        watch.busy = True
-        try:
-            with bound_contextvars(cluster=self.cluster, job=record.uuid):
-                async with record.lock:
-                    if record.watches.get(watch.watch_id) is watch:
-                        await action(record, watch)
-            if record.watches.get(watch.watch_id) is watch:
-                # Still held: the broker did not take the event or the copy. Try again a little
-                # later rather than at every sweep.
-                watch.not_before = self._clock() + _ACTION_RETRY_S
-        finally:
-            watch.busy = False
+        await self._tasks.wait()
 
     def _forget(self, record: Record) -> None:
         if self._records.get(record.uuid) is record:
             del self._records[record.uuid]
             self._on_idle(record.uuid)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("dispatcher.task_failed", cluster=self.cluster, error=repr(exc), exc_info=exc)
 
 
 async def _each(coros: Iterable[Awaitable[T]]) -> list[T]:

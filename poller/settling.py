@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from poller import checkpoint
 from poller.checkpoint import Checkpoint
 from poller.errors import BrokerError
 from poller.events import Envelope, watch_event
-from poller.tracking import Outcome
+from poller.tracking import Outcome, Track, expire
 from poller.watch import Outbox, Record, Watch
 
 log = structlog.get_logger(__name__)
+#: A failed expiry or checkpoint of a watch is not tried again before this.
+ACTION_RETRY_S: Final = 2.0
 
 
 class Settler:
@@ -43,9 +46,39 @@ class Settler:
         self._clock = clock
         #: Watches that ended here, by id, with when: a late copy of one is settled, not resumed.
         self.ended: dict[str, float] = {}
+        #: The cluster's last feed call failed with this error (None while it answers).
+        self.unreachable: dict[str, Any] | None = None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def serially(
+        self,
+        record: Record,
+        watch: Watch,
+        action: Callable[[Record, Watch], Coroutine[Any, Any, Any]],
+    ) -> None:
+        """Run ``action`` on a held watch under its job's lock; one action at a time per watch."""
+        watch.busy = True
+        try:
+            with bound_contextvars(cluster=self.cluster, job=record.uuid):
+                async with record.lock:
+                    if record.watches.get(watch.watch_id) is watch:
+                        await action(record, watch)
+            if record.watches.get(watch.watch_id) is watch:
+                # Still held: the broker did not take the event or the copy. Try again a little
+                # later rather than at every sweep.
+                watch.not_before = self._clock() + ACTION_RETRY_S
+        finally:
+            watch.busy = False
+
+    async def expire(self, record: Record, watch: Watch) -> None:
+        """The watch's deadline passed: ``timeout``, or ``error`` when ONTAP was failing."""
+        track = record.track
+        if self.unreachable is not None and not track.failing:
+            track = Track(track.progress, failing=True, last_error=self.unreachable)
+        outcome, body = expire(track)
+        await self.end_watch(record, watch, outcome, body)
 
     async def end_watch(
         self, record: Record, watch: Watch, outcome: Outcome, body: dict[str, Any]
