@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -169,3 +170,14 @@ def test_the_source_directory_is_found_without_ansible() -> None:
         timeout=30,
     ).stdout.split()
     assert imported == ["True", "False"]
+
+
+def test_the_readme_shows_the_example_rulebook_as_it_is() -> None:
+    """README's rulebook block is examples/ontap_job_events.yml, the one the EDA test runs."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    shown = re.search(
+        r"<!-- rulebook: examples/ontap_job_events.yml -->\n```yaml\n(.*?)```", readme, re.DOTALL
+    )
+    assert shown is not None
+    assert shown[1] == (root / "examples" / "ontap_job_events.yml").read_text(encoding="utf-8")
