@@ -154,3 +154,32 @@ def test_demo_without_rabbitmq_server_prints_one_line_and_exits_1(tmp_path: Path
     assert lines[0].startswith("ontap-job-poller: demo: ")
     with pytest.raises(json.JSONDecodeError):
         json.loads(lines[0])
+
+
+def test_run_never_starts_a_broker_of_its_own() -> None:
+    """`run` with nothing on its local broker port waits for RabbitMQ; it starts no node there."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env.update(
+        POLLER_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/",
+        POLLER_HTTP_PORT="0",
+        POLLER_LOG_FORMAT="json",
+        POLLER_ONTAP_URL="http://127.0.0.1:9",
+        POLLER_ONTAP_USERNAME="admin",
+        POLLER_ONTAP_PASSWORD="unused",
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "poller", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.5)  # past its first attempt to connect; the demo would have said so by now
+        assert not embedded_broker.listening("127.0.0.1", port)
+    finally:
+        worker.kill()
+        out, err = worker.communicate(timeout=30)
+    assert "private" not in out + err
+    assert "broker.connect_retrying" in err  # waiting for a broker, as documented
