@@ -193,6 +193,9 @@ class RabbitNode:
         self.nodename = f"{name_prefix}-{secrets.token_hex(4)}@localhost"
         self.process: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
+        #: Whether the node answered AMQP since it was last started: a node still booting is
+        #: killed rather than asked to stop (its start script may not listen to SIGTERM yet).
+        self.booted = False
         self.starts = 0
         self._write_config(config_lines, advanced_config)
 
@@ -283,9 +286,10 @@ class RabbitNode:
         if not os.access(epmd, os.X_OK):
             raise EmbeddedBrokerError("epmd (part of Erlang) was not found on PATH")
         # In the foreground, as a child of ours: the node's own ``epmd -daemon`` would outlive it.
-        self._epmd = self._spawn(
-            [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"], "epmd.out"
-        )
+        with _interrupts_deferred():
+            self._epmd = self._spawn(
+                [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"], "epmd.out"
+            )
         deadline = time.monotonic() + timeout_s
         while not listening("127.0.0.1", self.epmd_port, 0.5):
             if self._epmd.poll() is not None or time.monotonic() > deadline:
@@ -297,7 +301,8 @@ class RabbitNode:
         if self.process is not None and self.process.poll() is None:
             raise EmbeddedBrokerError("the node is already running")
         self._start_epmd()
-        self.process = self._spawn([str(self.server)], f"console-{self.starts}.out")
+        with _interrupts_deferred():
+            self.process = self._spawn([str(self.server)], f"console-{self.starts}.out")
         self.starts += 1
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -307,6 +312,7 @@ class RabbitNode:
                     + " | ".join(self.console_tail(5).splitlines())
                 )
             if amqp_answers(self.target.host, self.port):
+                self.booted = True
                 return
             time.sleep(0.25)
         self.kill()
@@ -315,6 +321,7 @@ class RabbitNode:
     def stop(self, timeout_s: float = 60.0) -> None:
         """Shut the node down cleanly (SIGTERM: the script asks the node to stop)."""
         process = self.process
+        self.booted = False
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
@@ -326,14 +333,19 @@ class RabbitNode:
 
     def kill(self) -> None:
         """Kill the node outright, as a crash would (its epmd stays, as the machine's would)."""
+        self.booted = False
         if self.process is not None:
             _kill_group(self.process)
         self._wait_port_closed()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the node (killing it after ``timeout_s``) and its epmd; nothing of it runs after."""
+        """Stop the node (killing it after ``timeout_s``, or at once while it boots) and its epmd.
+
+        Nothing of the node runs afterwards.
+        """
         try:
-            self.stop(timeout_s)
+            if self.booted:
+                self.stop(timeout_s)
         finally:
             if self.process is not None:
                 _kill_group(self.process)  # whatever of the node's group is left
@@ -420,6 +432,31 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the end of the block, then take effect.
+
+    A child started in the block is known to ``close`` only once it is assigned: interrupted in
+    between, it would outlive the demo. Handlers that record (not ``SIG_IGN``, which children
+    would inherit) keep the children's own signals as they are.
+    """
+    if not _main_thread():
+        yield
+        return
+    caught: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in watched
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _main_thread() -> bool:
