@@ -1,8 +1,8 @@
-"""A private RabbitMQ node for the fault tests: ``poller.embedded_broker.RabbitNode``, tuned.
+"""A private RabbitMQ node for the fault tests: ``poller.rabbitmq_node.RabbitNode``, tuned.
 
 The machine's shared broker is never touched: the node has its own name, port, epmd, cookie, data
-dir, config and logs (the package's ``RabbitNode``, which the demo uses too). The fault tests add
-a consumer timeout, a fast channel tick and a reading of the node's log.
+dir, config and logs, as the demo's does. The fault tests add a consumer timeout, a fast channel
+tick and a reading of the node's log.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from poller.embedded_broker import EmbeddedBrokerError, RabbitNode, find_server, free_port
+from poller.rabbitmq_node import EmbeddedBrokerError, RabbitNode, find_server, free_port
 
 #: The private broker cannot be started; the message says what is missing.
 BrokerUnavailable = EmbeddedBrokerError

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from poller.embedded_broker import listening
+from poller.rabbitmq_node import listening
 from tests.faults.private_broker import free_port
 
 pytestmark = pytest.mark.faults

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from poller import embedded_broker
-from poller.embedded_broker import (
+from poller import rabbitmq_node
+from poller.embedded_broker import local_target, wanted_node
+from poller.rabbitmq_node import (
     RabbitMQNotInstalled,
     Target,
     find_server,
     free_port,
     install_command,
-    local_target,
-    wanted_node,
+    listening,
 )
 
 
@@ -92,7 +92,7 @@ def test_find_server_prefers_path_but_skips_debians_user_switching_wrapper(
 ) -> None:
     """A real script on PATH is used; Debian's wrapper on PATH is replaced by the script it runs."""
     real = _executable(tmp_path / "lib" / "rabbitmq-server")
-    monkeypatch.setattr(embedded_broker, "DEBIAN_SCRIPTS", (str(real),))
+    monkeypatch.setattr(rabbitmq_node, "DEBIAN_SCRIPTS", (str(real),))
 
     own = _executable(tmp_path / "own" / "rabbitmq-server")
     monkeypatch.setenv("PATH", str(own.parent))
@@ -113,7 +113,7 @@ def test_find_server_without_rabbitmq_names_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No script anywhere: the error says how to install RabbitMQ."""
-    monkeypatch.setattr(embedded_broker, "DEBIAN_SCRIPTS", ())
+    monkeypatch.setattr(rabbitmq_node, "DEBIAN_SCRIPTS", ())
     _executable(tmp_path / "bin" / "apt-get")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     with pytest.raises(RabbitMQNotInstalled, match=r"apt-get install rabbitmq-server"):
@@ -132,8 +132,8 @@ def test_demo_without_rabbitmq_server_prints_one_line_and_exits_1(tmp_path: Path
     )
     # The machine may have Debian's package: its place is hidden, as on a machine without it.
     code = (
-        "import sys; from poller import embedded_broker, cli; "
-        "embedded_broker.DEBIAN_SCRIPTS = (); sys.exit(cli.main(['demo']))"
+        "import sys; from poller import rabbitmq_node, cli; "
+        "rabbitmq_node.DEBIAN_SCRIPTS = (); sys.exit(cli.main(['demo']))"
     )
     started = time.monotonic()
     result = subprocess.run(
@@ -177,7 +177,7 @@ def test_run_never_starts_a_broker_of_its_own() -> None:
     )
     try:
         time.sleep(2.5)  # past its first attempt to connect; the demo would have said so by now
-        assert not embedded_broker.listening("127.0.0.1", port)
+        assert not listening("127.0.0.1", port)
     finally:
         worker.kill()
         out, err = worker.communicate(timeout=30)
