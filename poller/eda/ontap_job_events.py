@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
 import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
 
 from poller.amqp import connect
 from poller.amqp.subscriber import received
@@ -84,6 +86,9 @@ EXAMPLES = r"""
 PREFETCH: Final = 100
 #: How long the source waits for RabbitMQ when it starts before it gives up.
 CONNECT_WAIT_S: Final = 30.0
+#: An ack or reject that fails because the connection dropped: the broker hands the message out
+#: again once the (robust) connection is back, so the rulebook sees that event twice, same ``id``.
+_LOST_ACK: Final = (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError)
 log = logging.getLogger("poller.eda.ontap_job_events")
 
 
@@ -122,19 +127,31 @@ async def main(queue: EventQueue, args: dict[str, Any]) -> None:
         )
         async with events.iterator() as messages:
             async for message in messages:
-                event = rulebook_event(received(message))
-                if event is None:
-                    log.warning(
-                        "ontap_job_events: dropped a message that is not a CloudEvent "
-                        "(routing key %s)",
-                        message.routing_key,
-                    )
-                    await message.reject(requeue=False)
-                    continue
-                await queue.put(event)
-                await message.ack()
+                await _handle(message, queue)
     finally:
         await connection.close()
+
+
+async def _handle(message: AbstractIncomingMessage, queue: EventQueue) -> None:
+    """Put the message's event on ``queue``, then acknowledge it."""
+    event = rulebook_event(received(message))
+    if event is None:
+        log.warning(
+            "ontap_job_events: dropped a message that is not a CloudEvent (routing key %s)",
+            message.routing_key,
+        )
+        await _settle(message.reject(requeue=False), "it")
+        return
+    await queue.put(event)
+    await _settle(message.ack(), f"event {event['id']}")
+
+
+async def _settle(answer: Awaitable[None], what: str) -> None:
+    """Send an ack or a reject; on a connection that just dropped, say what comes back."""
+    try:
+        await answer
+    except _LOST_ACK as exc:
+        log.warning("ontap_job_events: %r: the broker will deliver %s again", exc, what)
 
 
 if __name__ == "__main__":

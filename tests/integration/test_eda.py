@@ -17,15 +17,17 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
 from poller.eda import SOURCE_DIR
 from poller.eda.ontap_job_events import main
-from poller.events import job_event
+from poller.events import Envelope, job_event
 from poller.models import Job
 from poller.tracking import Change
+from tests.faults.tcp_proxy import TcpProxy
 from tests.integration.conftest import cluster, make_settings
 
 pytestmark = pytest.mark.integration
@@ -139,21 +141,11 @@ async def test_a_message_is_acked_only_once_its_event_is_on_the_rulebook_queue(
 ) -> None:
     """Stopped while put() waits, the message stays in the queue; once put() returned, it is gone."""
     args = {"amqp_url": amqp_url, "exchange": names.events_exchange, "queue": durable_queue}
-    job = Job.from_ontap({"uuid": str(uuid.uuid4()), "state": "success"})
-    envelope = job_event(
-        "c1", job.uuid, Change("state", job, "success", None, 0), datetime.now(UTC)
-    )
+    envelope = publishable(str(uuid.uuid4()))
 
     gated = GatedQueue()
     async with source(gated, args, amqp_url):
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(names.events_exchange)
-            await exchange.publish(
-                aio_pika.Message(envelope.body, headers=dict(envelope.headers)),
-                envelope.routing_key,
-            )
+        await publish_event(amqp_url, names.events_exchange, envelope)
         offered = await asyncio.wait_for(gated.offered.get(), 10)
     assert offered["id"] == envelope.message_id
     assert await until(lambda: _ready(amqp_url, durable_queue, 1))  # not acknowledged: back
@@ -167,6 +159,53 @@ async def test_a_message_is_acked_only_once_its_event_is_on_the_rulebook_queue(
 
 async def _ready(amqp_url: str, queue: str, count: int) -> bool:
     return (await ready_count(amqp_url, queue))[0] == count
+
+
+def publishable(job_uuid: str) -> Envelope:
+    job = Job.from_ontap({"uuid": job_uuid, "state": "success"})
+    return job_event("c1", job.uuid, Change("state", job, "success", None, 0), datetime.now(UTC))
+
+
+async def publish_event(amqp_url: str, exchange_name: str, envelope: Envelope) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(exchange_name)
+        await exchange.publish(
+            aio_pika.Message(envelope.body, headers=dict(envelope.headers)), envelope.routing_key
+        )
+
+
+@pytest.mark.timeout(60)
+async def test_a_dropped_connection_redelivers_the_event_and_the_source_goes_on(
+    names, amqp_url, durable_queue
+) -> None:
+    """Cut while put() waits: the ack is lost, not the source; the event comes again, same id."""
+    upstream = urlsplit(amqp_url)
+    proxy = await TcpProxy(upstream.port or 5672, upstream.hostname or "127.0.0.1").start()
+    through_proxy = amqp_url.replace(upstream.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}")
+    args = {"amqp_url": through_proxy, "exchange": names.events_exchange, "queue": durable_queue}
+    envelope = publishable(str(uuid.uuid4()))
+    gated = GatedQueue()
+    try:
+        async with source(gated, args, amqp_url):
+            await publish_event(amqp_url, names.events_exchange, envelope)
+            first = await asyncio.wait_for(gated.offered.get(), 10)
+            proxy.cut()
+            await asyncio.sleep(0.5)  # the source has seen its connection go
+            gated.gate.set()  # put() returns; its ack cannot be sent
+            await asyncio.sleep(0.2)
+            proxy.restore()
+            again = await asyncio.wait_for(gated.offered.get(), 30)  # after the reconnect
+            await until(lambda: _ready_and_consumed(amqp_url, durable_queue))
+    finally:
+        await proxy.close()
+    assert first["id"] == again["id"] == envelope.message_id
+    assert await ready_count(amqp_url, durable_queue) == (0, 0)
+
+
+async def _ready_and_consumed(amqp_url: str, queue: str) -> bool:
+    return await ready_count(amqp_url, queue) == (0, 1)
 
 
 ROOT = Path(__file__).resolve().parents[2]
