@@ -30,7 +30,8 @@ description:
     C(cluster), C(previous_state) and C(routing_key), plus C(job), the ONTAP job object (events
     C(ontap.job.*) and C(ontap.watch.timeout)), or C(error), ONTAP's error object (events
     C(ontap.watch.not_found) and C(ontap.watch.error)).
-  - A message is acknowledged once its event is on the rulebook's queue.
+  - A message is acknowledged once its event is on the rulebook's queue. After a dropped connection
+    an event may come twice, with the same C(id).
 options:
   amqp_url:
     description:
