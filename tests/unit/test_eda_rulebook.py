@@ -181,3 +181,19 @@ def test_the_readme_shows_the_example_rulebook_as_it_is() -> None:
     )
     assert shown is not None
     assert shown[1] == (root / "examples" / "ontap_job_events.yml").read_text(encoding="utf-8")
+
+
+def test_the_plugin_documents_exactly_its_arguments_and_defaults() -> None:
+    """DOCUMENTATION is YAML naming each argument with the default SourceArgs applies."""
+    import yaml
+
+    from poller.eda import ontap_job_events
+
+    options = yaml.safe_load(ontap_job_events.DOCUMENTATION)["options"]
+    defaults = SourceArgs()
+    assert set(options) == {"amqp_url", "exchange", "bindings", "queue"}
+    assert options["amqp_url"]["default"] == defaults.amqp_url
+    assert options["exchange"]["default"] == defaults.exchange
+    assert tuple(options["bindings"]["default"]) == defaults.bindings
+    assert "default" not in options["queue"] and defaults.queue is None
+    assert yaml.safe_load(ontap_job_events.EXAMPLES)[0]["sources"][0]["ontap_job_events"]
