@@ -171,9 +171,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "demo":
-        from poller.demo import run_demo
+        from poller import demo
 
-        return asyncio.run(run_demo(settings))
+        return demo.main(settings)
     raise AssertionError(args.command)  # pragma: no cover - argparse restricts the choices
 
 

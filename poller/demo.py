@@ -1,7 +1,9 @@
 """``ontap-job-poller demo``: the simulator and a worker in one process, three jobs, their events.
 
 It needs only a broker. Its queues have names of their own, deleted at the end, so that it never
-takes work from (or gives work to) a real worker on the same broker.
+takes work from (or gives work to) a real worker on the same broker. When the broker is this
+machine and nothing listens there, it starts a private RabbitMQ node for its own run
+(``poller.embedded_broker``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TextIO
 from poller.amqp import connect, delete_queues, queue_exists
 from poller.client import Event, exit_code, wait_for_final
 from poller.config import ClusterSettings, Settings
+from poller.embedded_broker import EmbeddedBrokerError, private_broker
 from poller.runner import run_worker
 from poller.simulator import Simulator, running_simulator
 
@@ -50,6 +53,19 @@ TIMELINES: list[tuple[str, list[dict[str, Any]] | None]] = [
 def _line(label: str, event: Event) -> str:
     message = event.data.get("message") or event.data.get("error", {}).get("message", "")
     return f"{event.key:<28} {label:<26} ce-id={event.headers.get('ce-id')} message={message!r}"
+
+
+def main(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """The ``demo`` command: a private broker when none runs here, then the demo itself.
+
+    Without ``rabbitmq-server`` (or when its node cannot start) one line on ``err``, and 1.
+    """
+    try:
+        with private_broker(settings.amqp_url, out):
+            return asyncio.run(run_demo(settings, out))
+    except EmbeddedBrokerError as exc:
+        print(f"ontap-job-poller: demo: {exc}", file=err)
+        return 1
 
 
 async def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:

@@ -44,8 +44,7 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     if node is None or problem:
         pytest.fail(problem, pytrace=False)  # never a skip: a missing broker is a failure
     yield node
-    node.stop()
-    node.kill()
+    node.close()
 
 
 @pytest.fixture
