@@ -119,10 +119,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
     series, f = data["series"], data["figures"]
     minutes = [s["t_s"] / 60 for s in series]
     fig, rss = plt.subplots(figsize=(11, 4.2))
-    rss.plot(minutes, [s["rss_mb"] for s in series], color="tab:blue", label="worker RSS (MB)")
-    rss.set_ylim(bottom=0)
+    values = [s["rss_mb"] for s in series]
+    rss.plot(minutes, values, color="tab:blue", label="worker RSS (MB)")
+    # Not from zero: a growth of a few MB, the sign of a leak, must show.
+    pad = max(2.0, 0.1 * (max(values) - min(values)))
+    rss.set_ylim(min(values) - pad, max(values) + pad)
     rss.set_xlabel("minutes")
-    rss.set_ylabel("RSS (MB)")
+    rss.set_ylabel("RSS (MB; the axis does not start at 0)")
     jobs = rss.twinx()
     jobs.plot(minutes, [s["jobs_created"] for s in series], color="tab:grey", linestyle=":", label="jobs created")  # fmt: skip
     jobs.plot(minutes, [s["ends_published"] for s in series], color="tab:green", label="ends published")  # fmt: skip

@@ -85,7 +85,7 @@ def capacity_lines(c: dict[str, Any]) -> list[str]:
     worker, relay = c["worker"], c["relay"]
 
     def med(rounds: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
+        return float(statistics.median(r[key] for r in rounds))
 
     rates = ", ".join(f"{r['events_per_s']:,.0f}" for r in worker)
     relay_rates = ", ".join(f"{r['events_per_s']:,.0f}" for r in relay)
@@ -121,6 +121,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     rows = data["results"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
@@ -139,8 +140,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
     records.set_ylim(bottom=0)
     p99.set_ylim(bottom=0)
     titles = ("ONTAP calls per run", "job records served per job", "end detection p99 (s)")
+    sizes = sorted({r["n"] for r in rows})
     for axis, title in zip(axes, titles, strict=True):
         axis.set_xscale("log")
+        axis.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xlabel("jobs watched (N)")
         axis.set_title(title)
         axis.grid(visible=True, which="both", alpha=0.3)
