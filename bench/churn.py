@@ -26,6 +26,7 @@ import secrets
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `poller` impo
 
 import aio_pika
 import httpx
+from aio_pika.abc import AbstractConnection
 
 from bench import amqp, churn_report, procs
 from bench.cluster import Cluster, timelines
@@ -154,6 +156,20 @@ def start_worker(
     return procs.start_worker(config, port, workdir / "worker-churn.log", profile=None), port
 
 
+@dataclass
+class Measured:
+    """What one churn run saw, before it is summarised."""
+
+    churn: Churn
+    ends: amqp.EventLog
+    series: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    creation_s: float = 0.0
+    wall_s: float = 0.0
+    usage: procs.Usage | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="poller-churn-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,68 +177,78 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sim, sim_url = procs.start_simulator(
         workdir, clock_offset_s=args.cluster_clock_offset, purge_after_s=args.purge_after
     )
+    cluster = Cluster(sim_url)
+    seen = Measured(Churn(args, cluster), amqp.EventLog(expected=sys.maxsize))
+    try:
+        connection = await aio_pika.connect(args.amqp_url)
+        async with connection:
+            await _measure(args, workdir, connection, seen)
+    finally:
+        await cluster.aclose()
+        sim.stop()
+    return summary(args, seen)
+
+
+async def _measure(
+    args: argparse.Namespace, workdir: Path, connection: AbstractConnection, seen: Measured
+) -> None:
     token = f"bench.{secrets.token_hex(3)}.churn"
     names = {
         "watch_queue": f"{token}.watch",
         "dead_letter_queue": f"{token}.dead",
         "events_exchange": f"{token}.events",
     }
-    cluster = Cluster(sim_url)
-    churn = Churn(args, cluster)
-    series: list[dict[str, Any]] = []
-    ends = amqp.EventLog(expected=sys.maxsize)
+    cluster, churn = seen.churn.cluster, seen.churn
+    channel = await amqp.subscribe(connection, names["events_exchange"], seen.ends)
+    worker, port = await asyncio.to_thread(start_worker, args, workdir, cluster.url, names)
     try:
-        connection = await aio_pika.connect(args.amqp_url)
-        async with connection:
-            channel = await amqp.subscribe(connection, names["events_exchange"], ends)
-            worker, port = await asyncio.to_thread(start_worker, args, workdir, sim_url, names)
-            try:
-                await wait_for_lease(worker, port)
-                await cluster.reset_stats()
-                worker.meter.start()
-                started = time.time()
-                sampler = asyncio.create_task(sample_rss(worker, port, ends, churn, series))
-                log(f"creating {args.rate:g} jobs/s for {args.duration:g} s ...")
-                await churn.create_for(args.duration)
-                stopped = time.time()
-                log("creation stopped; waiting for the last jobs to end and be published ...")
-                await _drain(ends, churn, worker, args)
-                usage = worker.meter.read()
-                wall_s = time.time() - started
-                sampler.cancel()
-                stats = await cluster.stats()
-                await cluster.check_ends(churn.ends_at)
-            finally:
-                await asyncio.to_thread(worker.stop)
-                await channel.close()
-                await amqp.delete_topology(connection, names)
+        await wait_for_lease(worker, port)
+        await cluster.reset_stats()
+        worker.meter.start()
+        seen.started = time.time()
+        sampler = asyncio.create_task(sample_rss(worker, port, seen.ends, churn, seen.series))
+        log(f"creating {args.rate:g} jobs/s for {args.duration:g} s ...")
+        await churn.create_for(args.duration)
+        seen.creation_s = time.time() - seen.started
+        log("creation stopped; waiting for the last jobs to end and be published ...")
+        await _drain(seen.ends, churn, worker, args)
+        seen.usage = worker.meter.read()
+        seen.wall_s = time.time() - seen.started
+        sampler.cancel()
+        seen.stats = await cluster.stats()
+        await cluster.check_ends(churn.ends_at)
     finally:
-        await cluster.aclose()
-        sim.stop()
+        await asyncio.to_thread(worker.stop)
+        await channel.close()
+        await amqp.delete_topology(connection, names)
+
+
+def summary(args: argparse.Namespace, seen: Measured) -> dict[str, Any]:
+    assert seen.usage is not None, "the run did not finish"
     figures = churn_report.figures(
-        series=series,
-        creation_s=stopped - started,
+        series=seen.series,
+        creation_s=seen.creation_s,
         # The first jobs end by then, and are forgotten a purge window (and a margin) later.
         window_s=PURGE_WINDOW_S + WINDOW_MARGIN_S + args.max_duration + args.poll_interval_max,
-        ends_at=churn.ends_at,
-        ends=ends,
-        started=started,
+        ends_at=seen.churn.ends_at,
+        ends=seen.ends,
+        started=seen.started,
     )
     figures.update(
-        cpu_s=usage.cpu_s,
-        cpu_cores=usage.cpu_s / wall_s,
-        peak_rss_mb=usage.peak_rss_bytes / 2**20,
-        ontap_calls=stats["requests"],
-        ontap_records=stats["records"],
-        calls_by_query=stats["by_query"],
+        cpu_s=seen.usage.cpu_s,
+        cpu_cores=seen.usage.cpu_s / seen.wall_s,
+        peak_rss_mb=seen.usage.peak_rss_bytes / 2**20,
+        ontap_calls=seen.stats["requests"],
+        ontap_records=seen.stats["records"],
+        calls_by_query=seen.stats["by_query"],
     )
     return {
         "command": "python bench/churn.py " + " ".join(sys.argv[1:]),
         "plan": {k: str(v) for k, v in vars(args).items() if k != "amqp_url"},
         "worker_purge_window_s": PURGE_WINDOW_S,
-        "elapsed_s": wall_s,
+        "elapsed_s": seen.wall_s,
         "figures": figures,
-        "series": series,
+        "series": seen.series,
     }
 
 
