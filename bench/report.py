@@ -34,13 +34,18 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def markdown(data: dict[str, Any]) -> str:
-    lines = [*results_table(data["results"]), "", *_peer_lines(data["results"])]
-    lines += ["", *capacity_lines(data.get("capacity") or {})]
-    lines += ["", "Targets:", "", *targets.markdown(data)]
-    return "\n".join(lines) + "\n"
+    parts = [
+        results_table(data["results"]),
+        _peer_lines(data["results"]),
+        capacity_lines(data.get("capacity") or {}),
+        targets.markdown(data),
+    ]
+    return "\n\n".join("\n".join(part) for part in parts if part) + "\n"
 
 
 def results_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
     peer = {r["n"]: r for r in rows if r["mode"] == "peer"}
     lines = [
         "| N | mode | ONTAP calls | ends / active / uuid / single | peer ÷ this | records "
@@ -91,7 +96,7 @@ def capacity_lines(c: dict[str, Any]) -> list[str]:
     relay_rates = ", ".join(f"{r['events_per_s']:,.0f}" for r in relay)
     lines = [
         f"Capacity (N={c['n']:,} finished jobs queued before each starts; median of "
-        f"{len(worker)} rounds each): the worker published **{c['worker_rate']:,.0f} ends/s** "
+        f"{len(worker)} round{'s' if len(worker) > 1 else ''} each): the worker published **{c['worker_rate']:,.0f} ends/s** "
         f"({rates}); the bare relay, the same AMQP work alone, **{c['relay_rate']:,.0f} ends/s** "
         f"({relay_rates}): **{c['fraction']:.0%}** of it.",
         "",

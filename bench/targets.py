@@ -68,7 +68,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
     rows = checks(data)
     if not rows:
         return []
-    lines = ["| target | measured | met | missed by |", "|---|---:|:---:|---:|"]
+    lines = ["Targets:", "", "| target | measured | met | missed by |", "|---|---:|:---:|---:|"]
     for c in rows:
         lines.append(
             f"| {c.target} | {c.measured} | {'yes' if c.met else '**no**'} | {c.missed_by} |"
