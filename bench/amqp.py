@@ -1,4 +1,4 @@
-"""The benchmark's side of RabbitMQ: watch requests in, events out, and the broker's raw limit."""
+"""The benchmark's side of RabbitMQ: watch requests in, events out with their arrival times."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from poller.amqp import delete_queues
 from poller.amqp.broker import Topology as _Topology
-from poller.amqp.broker import watch_queue_arguments
+from poller.amqp.broker import discovery_queue, watch_queue_arguments
 
 #: Events that end a watch: an end state of the job, or one of the watch.* outcomes.
 FINAL_KEYS = ("success", "failure", "cancelled", "expired")
+#: The name of the simulated cluster in the worker's configuration and in every request.
+CLUSTER = "sim"
 
 
 @dataclass
@@ -33,8 +35,21 @@ class EventLog:
     final_at: dict[str, float] = field(default_factory=dict)
     #: Every distinct ce-id seen for the final event of each job.
     final_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    sample: tuple[bytes, dict[str, Any]] | None = None
+    #: Deliveries of each job's final event (more than one: redelivered, same or other ce-id).
+    final_count: Counter[str] = field(default_factory=Counter)
+    #: The first end's body, headers and routing key: the relay publishes messages like it.
+    sample: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def conflicting(self) -> int:
+        """Jobs whose end arrived under two different ce-ids."""
+        return sum(1 for ids in self.final_ids.values() if len(ids) > 1)
+
+    @property
+    def repeated(self) -> int:
+        """Deliveries of an end beyond the first."""
+        return sum(count - 1 for count in self.final_count.values())
 
     def on_message(self, message: AbstractIncomingMessage) -> None:
         now = time.time()
@@ -43,10 +58,15 @@ class EventLog:
         key = message.routing_key or ""
         headers = message.headers or {}
         subject = str(headers.get("ce-subject", ""))
-        if self.sample is None:
-            self.sample = (message.body, dict(headers))
         if key.startswith("watch.") or key.rsplit(".", 1)[-1] in FINAL_KEYS:
+            if self.sample is None:
+                self.sample = {
+                    "body": message.body.decode(),
+                    "headers": {k: _text(v) for k, v in headers.items()},
+                    "routing_key": key,
+                }
             self.final_ids[subject].add(str(headers.get("ce-id")))
+            self.final_count[subject] += 1
             if subject not in self.final_at:
                 self.final_at[subject] = now
                 self.last_final_at = now
@@ -54,8 +74,17 @@ class EventLog:
                     self.done.set()
 
 
-async def subscribe(connection: AbstractConnection, exchange: str, log: EventLog) -> None:
-    """An exclusive queue bound to every event of ``exchange``; arrivals go to ``log``."""
+def _text(value: object) -> object:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def subscribe(
+    connection: AbstractConnection, exchange: str, log: EventLog
+) -> AbstractChannel:
+    """An exclusive queue bound to every event of ``exchange``; arrivals go to ``log``.
+
+    Closing the channel returned ends the subscription and deletes the queue.
+    """
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
@@ -66,6 +95,13 @@ async def subscribe(connection: AbstractConnection, exchange: str, log: EventLog
         log.on_message(message)
 
     await queue.consume(on_message, no_ack=True)
+    return channel
+
+
+def lease_queues(names: dict[str, str]) -> list[str]:
+    """The discovery lease queue of the bench's one cluster, beside the watch queue."""
+    topology = _Topology(names["watch_queue"], names["dead_letter_queue"], names["events_exchange"])
+    return [discovery_queue(topology, CLUSTER)]
 
 
 async def declare_watch_queue(connection: AbstractConnection, names: dict[str, str]) -> None:
@@ -94,7 +130,7 @@ async def publish_requests(
                 *(
                     exchange.publish(
                         aio_pika.Message(
-                            json.dumps({"uuid": u, "cluster": "sim"}).encode(),
+                            json.dumps({"uuid": u, "cluster": CLUSTER}).encode(),
                             content_type="application/json",
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             message_id=f"bench-{u}",
@@ -108,61 +144,9 @@ async def publish_requests(
 
 
 async def delete_topology(connection: AbstractConnection, names: dict[str, str]) -> None:
-    await delete_queues(connection, [names["watch_queue"], names["dead_letter_queue"]])
+    """The run's queues (and the discovery lease's, when it had one) and its exchange."""
+    queues = [names["watch_queue"], names["dead_letter_queue"], *lease_queues(names)]
+    await delete_queues(connection, queues)
     async with connection.channel() as channel:
         with contextlib.suppress(aio_pika.exceptions.AMQPError):
             await channel.exchange_delete(names["events_exchange"])
-
-
-async def raw_publish_rate(
-    connection: AbstractConnection,
-    exchange_name: str,
-    sample: tuple[bytes, dict[str, Any]],
-    count: int,
-    *,
-    tasks: int,
-    chunk: int,
-) -> float:
-    """Messages per second the broker confirms, published the way the worker publishes events.
-
-    Same body and headers as a real event, persistent, publisher confirms; ``tasks`` concurrent
-    loops (the worker's ``max_concurrent_requests`` polls), each publishing ``chunk`` messages at
-    once and awaiting their confirms (the worker's gather over one collection answer). A queue bound
-    to the exchange is consumed meanwhile, as the subscriber does during a run.
-    """
-    body, headers = sample
-    log = EventLog(expected=count)
-    await subscribe(connection, exchange_name, log)
-    async with connection.channel(publisher_confirms=True) as channel:
-        exchange = await channel.declare_exchange(
-            exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        remaining = [count]
-
-        async def loop() -> None:
-            while remaining[0] > 0:
-                n = min(chunk, remaining[0])
-                remaining[0] -= n
-                await asyncio.gather(
-                    *(
-                        exchange.publish(
-                            aio_pika.Message(
-                                body,
-                                headers=headers,
-                                content_type="application/json",
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                message_id=str(i),
-                                app_id="bench-raw",
-                            ),
-                            "job.sim.success",
-                        )
-                        for i in range(n)
-                    )
-                )
-
-        started = time.perf_counter()
-        await asyncio.gather(*(loop() for _ in range(tasks)))
-        elapsed = time.perf_counter() - started
-        with contextlib.suppress(aio_pika.exceptions.AMQPError):
-            await channel.exchange_delete(exchange_name)
-    return count / elapsed

@@ -1,4 +1,5 @@
-"""Processes of a benchmark run: the simulator, the worker and the peer, each measured on its own.
+"""Processes of a benchmark run: the simulator, the worker, the peer and the relay, each measured
+on its own.
 
 Every measured program runs in a process of its own, so that its CPU seconds and its peak resident
 set size are its own and nothing else's (the simulator and the benchmark driver never count).
@@ -6,6 +7,7 @@ set size are its own and nothing else's (the simulator and the benchmark driver 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -13,19 +15,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
+from bench.amqp import CLUSTER
+
+T = TypeVar("T")
 SIM_USER = "admin"
 SIM_PASSWORD = "netapp1!"
 PYTHON = sys.executable
-#: A finished job stays readable this long; long enough that no mode ever meets a purged job.
-PURGE_AFTER_S = 900.0
+#: ONTAP purges a finished job this long after it ends (the simulator's default too).
+PURGE_AFTER_S = 300.0
 
 
 def free_port() -> int:
@@ -124,17 +130,14 @@ def broker_meter(amqp_url: str) -> Meter | None:
     return None
 
 
-def start_simulator(workdir: Path) -> tuple[Child, str]:
+def start_simulator(
+    workdir: Path, *, clock_offset_s: float = 0.0, purge_after_s: float = PURGE_AFTER_S
+) -> tuple[Child, str]:
+    """``python -m poller simulate``; ``clock_offset_s`` < 0: the cluster's clock runs behind."""
     port = free_port()
     argv = [PYTHON, "-m", "poller", "simulate", "--host", "127.0.0.1", "--port", str(port)]
-    argv += [
-        "--username",
-        SIM_USER,
-        "--password",
-        SIM_PASSWORD,
-        "--purge-after",
-        str(PURGE_AFTER_S),
-    ]
+    argv += ["--username", SIM_USER, "--password", SIM_PASSWORD]
+    argv += ["--purge-after", str(purge_after_s), "--clock-offset", str(clock_offset_s)]
     child = Child("simulator", argv, workdir / "simulator.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sim/stats", child)
@@ -160,6 +163,7 @@ def worker_config(
     sim_url: str,
     batch: bool,
     feed: bool = True,
+    discover: bool = False,
     http_port: int,
     poll_interval_min_s: float,
     poll_interval_max_s: float,
@@ -176,14 +180,19 @@ def worker_config(
         f"max_watches = {max_watches}\n"
         f"http_port = {http_port}\n"
         'log_format = "json"\n'
-        "\n[clusters.sim]\n"
+        f"\n[clusters.{CLUSTER}]\n"
         f'url = "{sim_url}"\n'
         f'username = "{SIM_USER}"\n'
         f'password = "{SIM_PASSWORD}"\n'
-        f"batch = {'true' if batch else 'false'}\n"
-        f"feed = {'true' if feed else 'false'}\n"
+        f"batch = {_toml(batch)}\n"
+        f"feed = {_toml(feed)}\n"
+        f"discover = {_toml(discover)}\n"
     )
     return path
+
+
+def _toml(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def start_worker(config: Path, http_port: int, log_path: Path, *, profile: Path | None) -> Child:
@@ -225,3 +234,15 @@ def metric_sum(values: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in key for k, v in labels.items()):
             total += value
     return total
+
+
+async def until_sigterm(run: Coroutine[Any, Any, T]) -> T:
+    """SIGTERM cancels ``run`` as Ctrl-C does: its processes are stopped, its queues deleted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
