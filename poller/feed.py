@@ -26,9 +26,12 @@ from poller.models import FINAL_STATES, Job
 
 #: The active set: every job that has not ended, in the states ONTAP documents.
 ACTIVE_STATES: Final = ("queued", "running", "paused")
-#: ``end_time`` and the ``Date`` header each have a resolution of one second (truncated). A window
-#: that starts this long before the last answer's ``Date`` misses no end in between.
-WINDOW_MARGIN_S: Final = 2.0
+#: ``end_time`` and the ``Date`` header each have a resolution of one second. A job that ended after
+#: the last answer has an ``end_time`` no earlier than that answer's ``Date`` when both truncate, so
+#: a window starting at the ``Date`` would do; one second more covers a ``Date`` rounded instead, and
+#: nodes of one cluster whose clocks differ by less than a second. Every second of margin costs each
+#: end one more appearance in the windows (``JobView`` drops the repeats).
+WINDOW_MARGIN_S: Final = 1.0
 #: ONTAP deletes a finished job about 300 s after it ends.
 PURGE_WINDOW_S: Final = 300.0
 

@@ -22,11 +22,18 @@ from poller.tracking import Observation, Policy, Seen, next_read
 NEVER: Final = math.inf
 
 
+#: A job nobody watches keeps its timing this long: its watches may be on their way back (a
+#: checkpoint's copy), and should find it read on the same schedule, with the same jobs.
+AWAY_S: Final = 60.0
+
+
 @dataclass(slots=True)
 class _Read:
     due_at: float = NEVER
     interval_s: float | None = None
     in_flight: bool = False
+    #: When its last watch left (None while watched).
+    left_at: float | None = None
 
 
 class UuidReads:
@@ -37,9 +44,9 @@ class UuidReads:
         self.batch_size = batch_size
         self._coalesce_s = coalesce_s
         self._reads: dict[str, _Read] = {}
-        #: Reads under way of jobs no longer watched: kept until they end, since a watch coming
-        #: back (a checkpoint copy) must find its job still being read.
-        self._leaving: dict[str, _Read] = {}
+        #: Jobs no longer watched, kept for a while with their timing: not read meanwhile, and
+        #: read on their old schedule again if a watch comes back.
+        self._away: dict[str, _Read] = {}
         #: (due_at, tie-breaker, uuid); an item is current while its time is the job's due_at.
         self._due: list[tuple[float, int, str]] = []
         self._pushes = itertools.count()
@@ -54,18 +61,46 @@ class UuidReads:
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._reads))
 
-    def add(self, job_uuid: str) -> None:
-        if job_uuid not in self._reads:
-            leaving = self._leaving.pop(job_uuid, None)
-            self._reads[job_uuid] = leaving if leaving is not None else _Read()
+    def add(self, job_uuid: str, now: float) -> bool:
+        """Read the job (again): a watch of it arrived, or came back. True when it has no read
+        planned (a new job, or one the feed accounted for): the caller decides when."""
+        if job_uuid in self._reads:
+            return False
+        read = self._away.pop(job_uuid, None)
+        if read is None:
+            self._reads[job_uuid] = _Read()
+            return True
+        read.left_at = None
+        self._reads[job_uuid] = read
+        if read.due_at == NEVER or read.in_flight:
+            return not read.in_flight
+        self.schedule(job_uuid, max(read.due_at, now))  # on its old schedule; due now if missed
+        return False
 
-    def remove(self, job_uuid: str) -> None:
+    def remove(self, job_uuid: str, now: float) -> None:
+        """Nobody watches the job now: stop reading it, but keep its timing for a while."""
         read = self._reads.pop(job_uuid, None)
-        if read is not None and read.in_flight:
-            self._leaving[job_uuid] = read
+        if read is not None:
+            read.left_at = now
+            self._away[job_uuid] = read  # at the end: the dict stays in order of leaving
+
+    def forget_away(self, now: float) -> list[str]:
+        """Forget the jobs away longer than ``AWAY_S`` (oldest first); which ones."""
+        gone: list[str] = []
+        while self._away:
+            job_uuid, read = next(iter(self._away.items()))
+            if read.left_at is None or now - read.left_at <= AWAY_S:
+                break
+            del self._away[job_uuid]
+            if read.in_flight:
+                read.left_at = now  # its read ends soon; look again later
+                self._away[job_uuid] = read
+            else:
+                gone.append(job_uuid)
+        return gone
 
     def in_flight(self, job_uuid: str) -> bool:
-        read = self._reads.get(job_uuid) or self._leaving.get(job_uuid)
+        read = self._reads.get(job_uuid) or self._away.get(job_uuid)
         return read is not None and read.in_flight
 
     def schedule(self, job_uuid: str, at: float) -> None:
@@ -103,8 +138,8 @@ class UuidReads:
         while self._due and self._due[0][0] <= horizon:
             at, _, job_uuid = heapq.heappop(self._due)
             read = self._reads.get(job_uuid)
-            if read is None or read.in_flight or at != read.due_at:
-                continue  # dropped, being read, or rescheduled since
+            if read is None or read.in_flight or at != read.due_at or job_uuid in due:
+                continue  # away, being read, rescheduled since, or taken already
             if accounted(job_uuid):
                 read.due_at = NEVER
                 continue
@@ -122,8 +157,7 @@ class UuidReads:
         self, job_uuid: str, observation: Observation, *, moved: bool, read_at: float, now: float
     ) -> None:
         """A read ended: back off, or read again soon after a change."""
-        self._leaving.pop(job_uuid, None)
-        read = self._reads.get(job_uuid)
+        read = self._reads.get(job_uuid) or self._away.get(job_uuid)
         if read is None:
             return
         read.in_flight = False
@@ -133,12 +167,16 @@ class UuidReads:
         # From when it was read: jobs read together stay together, so calls stay full. After a
         # failed read, from now: its retries may have outlasted the interval.
         since = read_at if isinstance(observation, Seen) else now
-        self.schedule(job_uuid, since + delay)
+        read.due_at = since + delay
+        if job_uuid in self._reads:
+            self.schedule(job_uuid, read.due_at)
 
     def abandoned(self, job_uuids: list[str], now: float) -> None:
         """Reads that ended without an answer (cancelled): read them again at once."""
         for job_uuid in job_uuids:
-            self._leaving.pop(job_uuid, None)
-            if (read := self._reads.get(job_uuid)) is not None and read.in_flight:
+            read = self._reads.get(job_uuid) or self._away.get(job_uuid)
+            if read is not None and read.in_flight:
                 read.in_flight = False
-                self.schedule(job_uuid, now)
+                read.due_at = now
+                if job_uuid in self._reads:
+                    self.schedule(job_uuid, now)

@@ -104,14 +104,13 @@ class ClusterScheduler:
 
     def want(self, job_uuid: str, *, fresh: bool) -> None:
         """Keep reading a watched job; ``fresh``: the dispatcher needs its first observation."""
-        self._reads.add(job_uuid)
+        unplanned = self._reads.add(job_uuid, self._clock())
+        # A new record needs the job as it is; returning watches need what changed meanwhile.
         view = self._feed.view
-        if self._accounted(job_uuid):
-            # A new record needs the job as it is; returning watches need what changed meanwhile.
-            known = view.get(job_uuid) if fresh else view.news(job_uuid)
-            if known is not None:
-                self._handovers.offer(job_uuid, Seen(known), discovered=False)
-        elif not self._reads.in_flight(job_uuid):
+        known = view.get(job_uuid) if fresh else view.news(job_uuid)
+        if known is not None:
+            self._handovers.offer(job_uuid, Seen(known), discovered=False)
+        if unplanned and not self._accounted(job_uuid):
             # Not read at once: requests come in bursts, and a short wait reads the burst together.
             now = self._clock()
             self._reads.schedule(job_uuid, now + self._coalesce_s)
@@ -120,10 +119,8 @@ class ClusterScheduler:
 
     def drop(self, job_uuid: str) -> None:
         """Nobody waits on the job any longer (its watches ended, or are being re-enqueued)."""
-        self._reads.remove(job_uuid)
+        self._reads.remove(job_uuid, self._clock())
         self._handovers.forget(job_uuid)
-        if not self._feeds:
-            self._feed.view.forget(job_uuid)
 
     def discover(self, on: bool) -> None:
         """Publish every job of the cluster (this worker holds the discovery lease), or stop."""
@@ -191,6 +188,9 @@ class ClusterScheduler:
         if not self._burst:
             self._read_due(now)
         self._handovers.offer_again(now)
+        for job_uuid in self._reads.forget_away(now):
+            if not self._feeds:
+                self._feed.view.forget(job_uuid)  # without the feed, the view holds watched jobs
 
     def _next_wakeup(self, now: float) -> float:
         times = [now + _IDLE_WAKE_S, self._reads.next_due(), self._handovers.next_at()]

@@ -180,7 +180,8 @@ class Worker:
         self.broker.on_reconnect(self._on_reconnect)
         loops = [task for cluster in self.clusters.values() for task in cluster.tasks()]
         await self.broker.consume(self.on_delivery)
-        leases = await self._join_discovery()
+        leases = self._discovery_leases()
+        loops += [asyncio.create_task(lease.run(), name=lease.queue_name) for lease in leases]
         log.info(
             "worker.started",
             clusters=sorted(self.clusters),
@@ -198,7 +199,7 @@ class Worker:
             await asyncio.gather(*(c.aclose() for c in self._clients.values()))
             log.info("worker.stopped")
 
-    async def _join_discovery(self) -> list[Lease]:
+    def _discovery_leases(self) -> list[Lease]:
         """Stand by for the discovery of every cluster that says ``discover = true``."""
         leases = []
         for name, cluster in self.clusters.items():
@@ -211,7 +212,6 @@ class Worker:
                 on_change=functools.partial(cluster.discovering, metrics=self.metrics),
                 renew_s=self.settings.checkpoint_interval,
             )
-            await lease.start()
             leases.append(lease)
         return leases
 

@@ -29,6 +29,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from poller.amqp.connection import FAILURES, broker_errors
 from poller.errors import BrokerError
@@ -65,9 +66,30 @@ class Lease:
         self._queue: AbstractQueue | None = None
         self._held: AbstractIncomingMessage | None = None
         self.holding = False
-        self._renewer: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def run(self) -> None:
+        """Join the lease, again and again until it works; then renew it while held.
+
+        Joining can fail for a moment: two workers declaring the same new quorum queue at once
+        may get an internal error from the broker, and a broker may be restarting. Discovery then
+        waits; the watches do not.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(BrokerError),
+            wait=wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 1.0),
+            before_sleep=lambda state: log.warning(
+                "discovery.join_failed",
+                queue=self.queue_name,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception() if state.outcome else None),
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._join()
+        await self._renew_forever()
+
+    async def _join(self) -> None:
         """Join the queue's consumers, and put a token in it."""
         with broker_errors(f"cannot join the lease {self.queue_name!r}"):
             self._channel = await self._connection.channel(publisher_confirms=True)
@@ -78,13 +100,9 @@ class Lease:
             self._channel.close_callbacks.add(self._on_close)
             await self._queue.consume(self._on_token)
             await self._publish_token()
-        self._renewer = asyncio.create_task(self._renew_forever(), name=f"lease:{self.queue_name}")
 
     async def stop(self) -> None:
         """Leave: the token goes back to the queue with the channel, for the next consumer."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
         if self._channel is not None:
             with contextlib.suppress(*FAILURES):
                 await self._channel.close()

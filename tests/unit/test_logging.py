@@ -111,7 +111,11 @@ async def test_every_line_of_a_watch_names_its_job_and_cluster() -> None:
 
 
 def test_event_names_are_stable_dotted_identifiers() -> None:
-    """Every event name the package logs is lower-case dotted words, never prose."""
+    """Every event name the worker logs is lower-case dotted words, never prose.
+
+    The Event-Driven Ansible source (``poller/eda``) runs inside ansible-rulebook and logs through
+    its standard logging, in the style of its other sources: it is left out.
+    """
     import re
     from pathlib import Path
 
@@ -120,7 +124,8 @@ def test_event_names_are_stable_dotted_identifiers() -> None:
     pattern = re.compile(r"\blog\.(?:debug|info|warning|error|exception)\(\s*\"([^\"]+)\"")
     names: set[str] = set()
     for path in Path(poller.__file__).parent.rglob("*.py"):
-        names.update(pattern.findall(path.read_text(encoding="utf-8")))
+        if "eda" not in path.parts:
+            names.update(pattern.findall(path.read_text(encoding="utf-8")))
     assert names, "no log call found: the pattern no longer matches the code"
     bad = sorted(n for n in names if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", n))
     assert bad == []
