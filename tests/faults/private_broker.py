@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Where Debian's package puts the real script (``/usr/sbin/rabbitmq-server`` switches user).
@@ -81,7 +82,11 @@ class PrivateBroker:
         *,
         consumer_timeout_ms: int | None = None,
         channel_tick_ms: int = 1000,
+        home: Path | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
+        """``home`` holds the Erlang cookie (nodes of one cluster share it); ``extra_config`` adds
+        lines to ``rabbitmq.conf`` (a TLS listener, say)."""
         self.root = root
         self.server = find_server()
         self.port = free_port()
@@ -90,6 +95,8 @@ class PrivateBroker:
         self.nodename = f"poller-test-{secrets.token_hex(4)}@localhost"
         self.consumer_timeout_ms = consumer_timeout_ms
         self.channel_tick_ms = channel_tick_ms
+        self.home = home or root / "home"
+        self.extra_config = list(extra_config)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._write_config()
@@ -103,8 +110,9 @@ class PrivateBroker:
         return self.root / "log"
 
     def _write_config(self) -> None:
-        for name in ("home", "mnesia", "log"):
+        for name in ("mnesia", "log"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listeners.tcp.default = 127.0.0.1:{self.port}",
             "loopback_users.guest = true",
@@ -115,6 +123,7 @@ class PrivateBroker:
         ]
         if self.consumer_timeout_ms is not None:
             lines.append(f"consumer_timeout = {self.consumer_timeout_ms}")
+        lines += self.extra_config
         (self.root / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         # The broker checks consumer timeouts on each channel tick (60 s by default): tick often,
         # so that an overdue delivery is caught within a second of its timeout.
@@ -127,7 +136,7 @@ class PrivateBroker:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         env.update(
-            HOME=str(self.root / "home"),  # its own Erlang cookie
+            HOME=str(self.home),  # its Erlang cookie
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
@@ -170,6 +179,27 @@ class PrivateBroker:
             time.sleep(0.25)
         self.kill()
         raise BrokerUnavailable(f"rabbitmq-server did not answer on {self.port} in {timeout_s} s")
+
+    def rabbitmqctl(self, *args: str, timeout_s: float = 60.0) -> str:
+        """Run ``rabbitmqctl`` against this node; its output, or ``BrokerUnavailable`` saying why."""
+        ctl = self.server.parent / "rabbitmqctl"
+        try:
+            done = subprocess.run(
+                [str(ctl), "-n", self.nodename, *args],
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BrokerUnavailable(f"rabbitmqctl {' '.join(args)}: {exc}") from exc
+        if done.returncode != 0:
+            raise BrokerUnavailable(
+                f"rabbitmqctl {' '.join(args)} on {self.nodename} exited with {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()[-2000:]}"
+            )
+        return done.stdout
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Shut the node down cleanly (SIGTERM: the script asks the node to stop)."""
