@@ -30,7 +30,7 @@ from yarl import URL
 
 from poller.amqp.nodes import (
     CONNECT_TIMEOUT_S,
-    ROUND_PAUSE_S,
+    PAUSE_S,
     BrokerTarget,
     NodeConnection,
     Target,
@@ -114,7 +114,7 @@ async def _first_answering(
             start,
             ssl_context=context,
             client_properties={"connection_name": name},
-            reconnect_interval=ROUND_PAUSE_S,
+            reconnect_interval=PAUSE_S,
         )
         try:
             await connection.connect(timeout=CONNECT_TIMEOUT_S)

@@ -9,6 +9,7 @@ fails, the next attempt goes to the next node of the list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 from collections.abc import Sequence
@@ -26,9 +27,10 @@ from yarl import URL
 HEARTBEAT_S: Final = 5
 #: How long one attempt to reach one node may take (TCP, TLS, AMQP handshake).
 CONNECT_TIMEOUT_S: Final = 10.0
-#: Pause once every node of the list has failed in turn (randomised by ±50 %, so that many
-#: clients do not come back in step); between the nodes of one round there is none.
-ROUND_PAUSE_S: Final = 2.0
+#: Pause after losing the node in use, and once every node of the list has failed in turn
+#: (randomised by ±50 %, so that many clients do not come back in step); between the nodes of one
+#: round there is none.
+PAUSE_S: Final = 2.0
 REDACTED: Final = "[redacted]"
 log = structlog.get_logger(__name__)
 
@@ -168,6 +170,11 @@ class NodeConnection(aio_pika.RobustConnection):
     needs. Channels, queues, bindings and consumers are then restored on the new node by aio-pika,
     and ``reconnect_callbacks`` and the channels' ``reopen_callbacks`` run, exactly as after a
     broker restart.
+
+    After losing a node it pauses (``PAUSE_S``) before connecting to the next one. The other nodes
+    need a moment to notice the loss and elect new leaders for the quorum queues it led, and
+    RabbitMQ 3.10 refuses (nacks) every later publish of a channel whose first publish to a quorum
+    queue came while that queue had no leader, for as long as the channel stays open.
     """
 
     def __init__(self, urls: Sequence[URL], start: int = 0, **kwargs: Any) -> None:
@@ -176,7 +183,8 @@ class NodeConnection(aio_pika.RobustConnection):
         # Failed attempts since the last established connection.
         self._failures = 0
         self._established = False
-        self._pause_s = ROUND_PAUSE_S
+        self._pause_s = PAUSE_S
+        self._closing = asyncio.Event()
         super().__init__(self._nodes[self._current], **kwargs)
 
     @property
@@ -189,7 +197,7 @@ class NodeConnection(aio_pika.RobustConnection):
     def reconnect_interval(self) -> float:
         if self._failures == 0 or self._failures % len(self._nodes):
             return 0.0  # just connected, or other nodes of this round are still untried
-        return self._pause_s * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not a secret
+        return self._jittered_pause_s()
 
     @reconnect_interval.setter
     def reconnect_interval(self, value: float) -> None:
@@ -209,6 +217,16 @@ class NodeConnection(aio_pika.RobustConnection):
             self.url = self._nodes[self._current]
             if lost:
                 log.warning("broker.connection_lost", node=was, next=self.node)
+                # aio-pika tries again as soon as this returns: the pause belongs here.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self._jittered_pause_s())
             else:
                 log.debug("broker.node_unreachable", node=was, next=self.node)
         await super()._on_connection_close(closing)
+
+    async def close(self, exc: Any = asyncio.CancelledError) -> None:
+        self._closing.set()  # a pause under way ends now: closing waits for it
+        await super().close(exc)
+
+    def _jittered_pause_s(self) -> float:
+        return self._pause_s * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not a secret

@@ -13,7 +13,7 @@ import trustme
 from poller.amqp.connection import describe
 from poller.amqp.nodes import (
     HEARTBEAT_S,
-    ROUND_PAUSE_S,
+    PAUSE_S,
     BrokerTarget,
     NodeConnection,
     display,
@@ -104,7 +104,7 @@ async def test_each_failed_node_moves_on_to_the_next() -> None:
     """Failed attempts go to the next node each time, round after round: no pause between the
     nodes of a round, a jittered pause once a whole round has failed."""
     urls = BrokerTarget.of("amqp://a/,amqp://b/,amqp://c/").resolve()[0]
-    connection = NodeConnection(urls, start=0, reconnect_interval=ROUND_PAUSE_S)
+    connection = NodeConnection(urls, start=0, reconnect_interval=PAUSE_S)
     try:
         assert (connection.node, connection.reconnect_interval) == ("amqp://a/", 0.0)
         tried, pauses = [], []
@@ -115,7 +115,7 @@ async def test_each_failed_node_moves_on_to_the_next() -> None:
         assert tried == ["amqp://b/", "amqp://c/", "amqp://a/", "amqp://b/"]
         assert str(connection.url).startswith("amqp://b/")
         assert pauses[:2] == [0.0, 0.0]
-        assert ROUND_PAUSE_S * 0.5 <= pauses[2] <= ROUND_PAUSE_S * 1.5
+        assert PAUSE_S * 0.5 <= pauses[2] <= PAUSE_S * 1.5
         assert pauses[3] == 0.0
     finally:
         await connection.close()
@@ -124,11 +124,11 @@ async def test_each_failed_node_moves_on_to_the_next() -> None:
 async def test_a_single_node_pauses_after_each_failure() -> None:
     """With one node every failed attempt is a whole round: aio-pika waits before the next."""
     urls = BrokerTarget.of("amqp://a/").resolve()[0]
-    connection = NodeConnection(urls, reconnect_interval=ROUND_PAUSE_S)
+    connection = NodeConnection(urls, reconnect_interval=PAUSE_S)
     try:
         await connection._on_connection_close(failed())
         assert connection.node == "amqp://a/"
-        assert connection.reconnect_interval >= ROUND_PAUSE_S * 0.5
+        assert connection.reconnect_interval >= PAUSE_S * 0.5
     finally:
         await connection.close()
 
