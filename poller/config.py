@@ -7,12 +7,14 @@ is one line naming the offending key, so that ``run`` never starts half-configur
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -27,6 +29,7 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -37,6 +40,7 @@ from poller.models import CLUSTER_NAME
 
 #: ONTAP deletes a finished job about 300 s after it ends; a slower re-poll could miss the end.
 MAX_POLL_INTERVAL_S = 240.0
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
@@ -171,11 +175,37 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    amqp_url: str = Field(
-        default="amqp://guest:guest@localhost:5672/",
-        repr=False,
-        description="The RabbitMQ broker (`amqp://` or `amqps://`).",
-    )
+    amqp_url: Annotated[
+        list[str],
+        NoDecode,  # POLLER_AMQP_URL is comma-separated, not JSON
+        Field(
+            repr=False,
+            description="The RabbitMQ broker: one URL (`amqp://` or `amqps://`), or a list of "
+            "the nodes of one cluster, tried in turn (env: comma-separated).",
+        ),
+    ] = [DEFAULT_AMQP_URL]
+    amqp_ca_file: Annotated[
+        Path | None,
+        Field(
+            description="CA bundle (PEM) that signed the broker's certificate, for `amqps://`; "
+            "unset: the system's CAs."
+        ),
+    ] = None
+    amqp_cert_file: Annotated[
+        Path | None,
+        Field(description="Client certificate (PEM) to present to the broker over `amqps://`."),
+    ] = None
+    amqp_key_file: Annotated[
+        Path | None,
+        Field(description="Key of `amqp_cert_file`, if not in the same file."),
+    ] = None
+    amqp_password_file: Annotated[
+        Path | None,
+        Field(
+            description="File holding the broker password (a trailing newline is ignored); "
+            "it replaces the password of every `amqp_url`."
+        ),
+    ] = None
     watch_queue: Annotated[str, Field(description="Queue of watch requests.")] = "ontap.jobs.watch"
     dead_letter_queue: Annotated[
         str, Field(description="Where rejected watch requests go, with `x-poller-error`.")
@@ -248,11 +278,26 @@ class Settings(BaseSettings):
         env = env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
         return env, init_settings
 
+    @field_validator("amqp_url", mode="before")
+    @classmethod
+    def _amqp_url_list(cls, value: Any) -> Any:
+        """One string (from TOML or env) may name several nodes, separated by commas."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("amqp_url")
     @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
+    def _amqp_url(cls, value: list[str]) -> list[str]:
+        # The messages never echo a URL: it may hold a password.
+        if not value:
+            raise ValueError("names no node")
+        for number, url in enumerate(value, start=1):
+            node = f"node {number}" if len(value) > 1 else "the URL"
+            if not url.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"{node} must start with amqp:// or amqps://")
+            if not urlsplit(url).hostname:
+                raise ValueError(f"{node} names no host")
         return value
 
     @field_validator("clusters")
@@ -328,6 +373,7 @@ def load_settings(
             settings = Settings(**data)
         for name, cluster in settings.clusters.items():
             _check_password_file(name, cluster)
+        _check_amqp_files(settings)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     except SettingsError as exc:
@@ -384,6 +430,53 @@ def _check_password_file(name: str, cluster: ClusterSettings) -> None:
         ) from None
     if not secret:
         raise ConfigError(f"clusters.{name}.password_file: {str(cluster.password_file)!r} is empty")
+
+
+def _check_amqp_files(settings: Settings) -> None:
+    """The broker's TLS files and password file exist, can be read, and hold what they should."""
+    ca, cert, key = settings.amqp_ca_file, settings.amqp_cert_file, settings.amqp_key_file
+    for name, path in (("amqp_ca_file", ca), ("amqp_cert_file", cert), ("amqp_key_file", key)):
+        if path is None:
+            continue
+        _readable(name, path)
+        if not any(url.startswith("amqps://") for url in settings.amqp_url):
+            raise ConfigError(f"{name}: TLS files need an amqps:// amqp_url")
+    if key is not None and cert is None:
+        raise ConfigError("amqp_key_file: needs amqp_cert_file")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except ssl.SSLError:
+            raise ConfigError(f"amqp_ca_file: {str(ca)!r} holds no PEM certificate") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        except ssl.SSLError as exc:
+            if key is None:
+                raise ConfigError(
+                    f"amqp_cert_file: {str(cert)!r} is not a PEM certificate followed by its "
+                    "private key (give amqp_key_file when the key is apart)"
+                ) from None
+            raise ConfigError(
+                f"amqp_key_file: {str(key)!r} is not the PEM private key of amqp_cert_file "
+                f"({exc.reason or 'unreadable'})"
+            ) from None
+    secret = settings.amqp_password_file
+    if secret is not None:
+        text = _readable("amqp_password_file", secret)
+        if not text.rstrip("\r\n"):
+            raise ConfigError(f"amqp_password_file: {str(secret)!r} is empty")
+
+
+def _readable(name: str, path: Path) -> str:
+    """The text of ``path``; ``ConfigError`` naming the key when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: {str(path)!r} is not UTF-8 text") from None
 
 
 def _one_line(exc: ValidationError) -> str:

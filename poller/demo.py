@@ -90,7 +90,7 @@ async def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
         print(f"simulated cluster {CLUSTER!r} at {base_url}; watching {len(jobs)} jobs", file=out)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(demo_settings, stop))
-        connection = await connect(settings.amqp_url, name="ontap-job-poller demo")
+        connection = await connect(settings, name="ontap-job-poller demo")
         try:
             await _wait_declared(connection, demo_settings.watch_queue, worker)
             finals = await asyncio.gather(

@@ -42,6 +42,9 @@ def type_name(annotation: Any) -> str:
     """A reader's name for a field's type: ``number``, ``string (secret)``, ``true/false or path``."""
     if typing.get_origin(annotation) is Literal:
         return " / ".join(f"`{value}`" for value in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return f"list of {type_name(item)}s"
     if isinstance(annotation, types.UnionType):
         parts = [type_name(arg) for arg in typing.get_args(annotation) if arg is not type(None)]
         return " or ".join(parts)
@@ -67,6 +70,8 @@ def default_text(field: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, str):
         return f'`"{value}"`'
+    if isinstance(value, list):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
     return f"`{value}`"
 
 

@@ -93,7 +93,11 @@ def build_http_client(
     """One client per cluster: basic auth, TLS verified by default, no redirects.
 
     ``transport`` replaces the network, for tests (``httpx.ASGITransport`` to the simulator).
+    With ``verify = false`` on an ``https://`` cluster it warns, once for the client's lifetime.
     """
+    if settings.verify is False and settings.url.startswith("https://"):
+        # Anyone on the path can read the basic-auth password: say so where operators look.
+        log.warning("ontap.tls_unverified", url=settings.url)
     verify: bool | ssl.SSLContext = (
         settings.verify
         if isinstance(settings.verify, bool)

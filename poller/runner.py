@@ -59,9 +59,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         port = await ops.start()
         log.info("ops.listening", port=port)
     try:
-        broker = await Broker.connect(
-            settings.amqp_url, topology_of(settings), wait_s=BROKER_STARTUP_WAIT_S
-        )
+        broker = await Broker.connect(settings, topology_of(settings), wait_s=BROKER_STARTUP_WAIT_S)
         worker = Worker(settings, broker, build_clients(settings, metrics), metrics=metrics)
         await worker.run(stop)
     finally:

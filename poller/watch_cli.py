@@ -107,7 +107,7 @@ async def watch(
     traceparent: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    connection = await connect(settings.amqp_url, name="ontap-job-poller watch")
+    connection = await connect(settings, name="ontap-job-poller watch")
     async with connection:
         if not wait:
             correlation_id = await publish_watch(
@@ -148,7 +148,7 @@ async def watch(
 async def print_events(
     settings: Settings, bindings: tuple[str, ...], out: TextIO = sys.stdout
 ) -> None:
-    connection = await connect(settings.amqp_url, name="ontap-job-poller events")
+    connection = await connect(settings, name="ontap-job-poller events")
     async with connection:
         subscription = await Subscription.open(
             connection, exchange=settings.events_exchange, bindings=bindings

@@ -31,6 +31,7 @@ from poller.amqp.connection import (
     connect,
     publish_mandatory,
 )
+from poller.amqp.nodes import Target
 from poller.errors import BrokerError
 from poller.events import APP_ID, Envelope
 
@@ -127,9 +128,10 @@ class Broker:
 
     @classmethod
     async def connect(
-        cls, url: str, topology: Topology, *, name: str = APP_ID, wait_s: float = 0.0
+        cls, target: Target, topology: Topology, *, name: str = APP_ID, wait_s: float = 0.0
     ) -> Broker:
-        return cls(await connect(url, name=name, wait_s=wait_s), topology)
+        """Connect as ``poller.amqp.connect`` does (``target``: URL, nodes or settings)."""
+        return cls(await connect(target, name=name, wait_s=wait_s), topology)
 
     async def declare(self, prefetch: int) -> None:
         """Declare the watch queue, the dead-letter queue and the events exchange (idempotent)."""

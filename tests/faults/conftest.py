@@ -186,16 +186,23 @@ class EventLog:
         return out
 
 
-async def _collect(
-    url: str, queue_name: str, exchange_name: str | None
+async def collect(
+    url: str,
+    queue_name: str,
+    exchange_name: str | None,
+    *,
+    connect: Callable[[str], Awaitable[aio_pika.abc.AbstractRobustConnection]] = (
+        aio_pika.connect_robust
+    ),
 ) -> tuple[EventLog, aio_pika.abc.AbstractRobustConnection]:
     """Consume ``queue_name`` (durable, bound to ``exchange_name`` if given) into an EventLog.
 
     Durable and acknowledged one by one, so that a broker restart loses nothing on the
     subscriber's side either: a lost event in these tests is always the worker's fault.
+    ``connect`` opens the connection (aio-pika's own by default).
     """
     log = EventLog()
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect(url)
     channel = await connection.channel()
     queue = await channel.declare_queue(
         queue_name, durable=True, arguments={"x-queue-type": "quorum"}
@@ -230,7 +237,7 @@ async def _collect(
 @pytest.fixture
 async def events(broker: PrivateBroker, names: Names) -> AsyncIterator[EventLog]:
     """Everything published on the test's events exchange."""
-    log, connection = await _collect(broker.url, names.events_queue, names.events_exchange)
+    log, connection = await collect(broker.url, names.events_queue, names.events_exchange)
     yield log
     with contextlib.suppress(Exception):
         await asyncio.wait_for(connection.close(), 10)
@@ -239,7 +246,7 @@ async def events(broker: PrivateBroker, names: Names) -> AsyncIterator[EventLog]
 @pytest.fixture
 async def replies(broker: PrivateBroker, names: Names) -> AsyncIterator[EventLog]:
     """Everything sent to ``names.reply_queue``: give it as ``reply_to`` to hear from each watch."""
-    log, connection = await _collect(broker.url, names.reply_queue, None)
+    log, connection = await collect(broker.url, names.reply_queue, None)
     yield log
     with contextlib.suppress(Exception):
         await asyncio.wait_for(connection.close(), 10)

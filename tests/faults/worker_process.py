@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def toml_text(config: dict[str, Any]) -> str:
-    """The few TOML shapes the tests need: scalars at the top, then ``[clusters.NAME]`` tables."""
+    """The few TOML shapes the tests need: scalars and arrays at the top, then ``[clusters.NAME]``
+    tables."""
     lines = [f"{key} = {_toml_value(value)}" for key, value in config.items() if key != "clusters"]
     for name, table in config.get("clusters", {}).items():
         lines.append(f"\n[clusters.{name}]")
@@ -39,6 +40,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str | Path):
         text = str(value).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{text}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
 
 

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from poller.client import connect, publish_watch
+from poller.errors import BrokerError
 from poller.watch_cli import watch
 from tests.fakes import FakeTTY
 from tests.integration.conftest import cluster, make_settings
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "watch_job.py"
+SECRET = "Client-secret-pw-77e0"
 SUCCESS = [
     {"after": 0, "state": "queued", "message": "Queued"},
     {"after": 0.3, "state": "running", "message": "Creating volume"},
@@ -218,3 +220,22 @@ async def test_watch_sends_a_traceparent(sim, names, amqp_url, start_worker, sub
     assert code == 0
     await events.wait_keys("job.c1.success")
     assert {m.headers["ce-traceparent"] for m in events.messages} == {TRACEPARENT}
+
+
+async def test_connect_takes_the_first_node_of_a_list_that_answers(amqp_url) -> None:
+    """``connect`` with a list of nodes skips one that does not answer and uses the next."""
+    connection = await connect([f"amqp://guest:{SECRET}@127.0.0.1:1/", amqp_url])
+    async with connection:
+        channel = await connection.channel()
+        await channel.close()
+
+
+async def test_connect_says_why_each_node_failed_without_passwords() -> None:
+    """No node answers: ``BrokerError`` names each node and its failure, never a password."""
+    nodes = [f"amqp://guest:{SECRET}@127.0.0.1:1/", f"amqps://poller:{SECRET}@127.0.0.1:2/vh"]
+    with pytest.raises(BrokerError) as caught:
+        await connect(nodes)
+    text = str(caught.value)
+    assert text.startswith("cannot connect to RabbitMQ: amqp://127.0.0.1:1/: ")
+    assert "; amqps://127.0.0.1:2/vh: " in text
+    assert SECRET not in text

@@ -71,7 +71,7 @@ async def get(port: int, path: str) -> httpx.Response:
 async def start(settings: Settings) -> tuple[asyncio.Task[None], asyncio.Event]:
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(settings, stop))
-    await wait_for_queue(settings.amqp_url, settings.watch_queue, task)
+    await wait_for_queue(settings.amqp_url[0], settings.watch_queue, task)
     return task, stop
 
 

@@ -103,7 +103,7 @@ def test_compose_poller_env_loads_into_a_runnable_configuration() -> None:
     cluster = settings.clusters["cluster1"]
     assert cluster.url == "http://ontap-sim:8080"
     assert cluster.secret() == "netapp1!"
-    assert settings.amqp_url.startswith("amqp://guest:guest@rabbitmq:5672")
+    assert settings.amqp_url == ["amqp://guest:guest@rabbitmq:5672/"]
     assert settings.http_port == 9102
 
 

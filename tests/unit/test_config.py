@@ -74,7 +74,11 @@ def test_defaults_match_the_interface_table() -> None:
 
 
 DEFAULTS = {
-    "amqp_url": "amqp://guest:guest@localhost:5672/",
+    "amqp_url": ["amqp://guest:guest@localhost:5672/"],
+    "amqp_ca_file": None,
+    "amqp_cert_file": None,
+    "amqp_key_file": None,
+    "amqp_password_file": None,
     "watch_queue": "ontap.jobs.watch",
     "dead_letter_queue": "ontap.jobs.watch.dead",
     "events_exchange": "ontap.jobs",
@@ -126,7 +130,7 @@ def test_config_path_is_read_from_poller_config(tmp_path: Path) -> None:
         pytest.param(
             {"POLLER_AMQP_URL": "amqps://u:p@mq.example.com/vh"},
             "amqp_url",
-            "amqps://u:p@mq.example.com/vh",
+            ["amqps://u:p@mq.example.com/vh"],
             id="amqp-url",
         ),
     ],

@@ -75,11 +75,16 @@ def test_bounds_are_rendered_from_the_field_constraints(field: object, expected:
 
 
 def test_defaults_read_as_toml() -> None:
-    """Booleans lower case, strings quoted, no value as `none`, required fields say so."""
+    """Booleans lower case, strings quoted, lists as arrays, no value as `none`, required fields
+    say so."""
     assert docs.default_text(Settings.model_fields["publish_progress"]) == "`false`"
     assert docs.default_text(Settings.model_fields["watch_queue"]) == '`"ontap.jobs.watch"`'
     assert docs.default_text(EnvCluster.model_fields["url"]) == "none"
     assert docs.default_text(ClusterSettings.model_fields["url"]) == "required"
+    assert docs.default_text(Settings.model_fields["amqp_url"]) == (
+        '`["amqp://guest:guest@localhost:5672/"]`'
+    )
+    assert docs.type_name(Settings.model_fields["amqp_url"].annotation) == "list of strings"
 
 
 def test_troubleshooting_covers_broker_tls_and_401() -> None:
