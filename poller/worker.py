@@ -186,6 +186,7 @@ class Worker:
             "worker.started",
             clusters=sorted(self.clusters),
             queue=self.broker.topology.watch_queue,
+            node=self.broker.node,
         )
         try:
             await stop.wait()
@@ -227,7 +228,7 @@ class Worker:
 
     async def _on_reconnect(self) -> None:
         self.metrics.reconnects.inc()
-        log.warning("broker.reconnected")
+        log.warning("broker.reconnected", node=self.broker.node)
         for cluster in self.clusters.values():
             # Housekeeping drops the deliveries of the dead channel.
             cluster.dispatcher.sweep(self._clock())

@@ -152,6 +152,12 @@ class Broker:
             )
 
     @property
+    def node(self) -> str | None:
+        """The RabbitMQ node in use, without credentials (None when that is not known)."""
+        node = getattr(self.connection, "node", None)
+        return node if isinstance(node, str) else None
+
+    @property
     def consuming(self) -> bool:
         return (
             self._consumer_tag is not None

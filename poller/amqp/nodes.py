@@ -206,7 +206,9 @@ class NodeConnection(aio_pika.RobustConnection):
     async def _on_connected(self) -> None:
         await super()._on_connected()
         self._failures, self._established = 0, True
-        log.info("broker.connected", node=self.node)
+        # Nothing logged: a client library must not print to its application's output, which is
+        # where structlog writes by default. The worker names the node in worker.started and
+        # broker.reconnected.
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         if not (self._close_called or self.is_closed):

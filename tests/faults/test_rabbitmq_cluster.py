@@ -97,8 +97,9 @@ async def publish_requests(url: str, queue: str, bodies: list[dict[str, str]]) -
 
 
 def connected_nodes(records: list[dict[str, object]]) -> list[str]:
-    """The nodes a worker connected to, in order (its ``broker.connected`` log lines)."""
-    return [str(r["node"]) for r in records if r.get("event") == "broker.connected"]
+    """The nodes a worker used, in order (``worker.started`` and ``broker.reconnected`` say)."""
+    said = {"worker.started", "broker.reconnected"}
+    return [str(r["node"]) for r in records if r.get("event") in said]
 
 
 @pytest.mark.timeout(300)
