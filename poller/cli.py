@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         # The demo prints its own story on stdout; the worker's routine lines would bury it.
         quiet = args.command == "demo"
-        configure_logging(settings.log_format, logging.WARNING if quiet else logging.INFO)
+        level = logging.WARNING if quiet else logging.INFO
+        configure_logging(settings.log_format, level, for_good=True)
         if args.command == "run":
             settings.require_clusters()
         return _dispatch(args, settings)

@@ -12,9 +12,11 @@ import sys
 from poller import cli, ops
 
 
-def _debug_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
+def _debug_logging(
+    log_format: str = "auto", level: int = logging.INFO, *, for_good: bool = False
+) -> None:
     del level  # whatever the command asks for, everything is logged here
-    ops.configure_logging(log_format, level=logging.DEBUG)
+    ops.configure_logging(log_format, level=logging.DEBUG, for_good=for_good)
     logging.getLogger().setLevel(logging.DEBUG)
 
 
