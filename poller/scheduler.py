@@ -71,7 +71,7 @@ class ClusterScheduler:
         self._ontap = ontap
         self._sink = sink
         self._policy = policy
-        self._feeds = feed
+        self._feed_on = feed
         self._metrics = metrics
         self._clock = clock
         self._coalesce_s = min(policy.poll_interval_min_s * _COALESCE_FRACTION, _COALESCE_MAX_S)
@@ -130,7 +130,7 @@ class ClusterScheduler:
         if not on:
             self._sink.forget_discovered()
             return
-        if not self._feeds:
+        if not self._feed_on:
             log.warning("discovery.without_feed", cluster=self.cluster)
         # Announce everything ONTAP still holds: the active set, and the ends of its purge window.
         self._feed.view.forget_handovers()
@@ -152,10 +152,10 @@ class ClusterScheduler:
         await self._tasks.wait()
 
     def _accounted(self, job_uuid: str) -> bool:
-        return self._feeds and self._feed.view.accounts_for(job_uuid)
+        return self._feed_on and self._feed.view.accounts_for(job_uuid)
 
     def _feeding(self) -> bool:
-        return self._feeds and (len(self._reads) > 0 or self._discovering)
+        return self._feed_on and (len(self._reads) > 0 or self._discovering)
 
     def _interest(self, job_uuid: str) -> bool | None:
         """None: nobody wants the job; False: it is watched; True: only discovered."""
@@ -183,13 +183,13 @@ class ClusterScheduler:
         if self._feeding():
             for kind in self._feed.due(now):
                 self._tasks.spawn(self._feed_round(kind))
-        elif self._feeds:
+        elif self._feed_on:
             self._feed.rest(now)
         if not self._burst:
             self._read_due(now)
         self._handovers.offer_again(now)
         for job_uuid in self._reads.forget_away(now):
-            if not self._feeds:
+            if not self._feed_on:
                 self._feed.view.forget(job_uuid)  # without the feed, the view holds watched jobs
 
     def _next_wakeup(self, now: float) -> float:
@@ -246,9 +246,9 @@ class ClusterScheduler:
 
     def _fall_back(self, exc: FilterRefused) -> None:
         """The cluster refuses the feed's filters: read every watched job by uuid from now on."""
-        if not self._feeds:
+        if not self._feed_on:
             return
-        self._feeds = False
+        self._feed_on = False
         log.warning("feed.filters_refused", error=str(exc), fallback="uuid batches")
         if self._metrics is not None:
             self._metrics.feed_enabled.labels(self.cluster).set(0)
@@ -262,7 +262,7 @@ class ClusterScheduler:
     def _read_due(self, now: float) -> None:
         due = self._reads.take_due(now, self._accounted)
         recent = now - self._feed.last_active_at < self._policy.poll_interval_min_s
-        if self._feeds and len(due) > self._reads.batch_size and not recent:
+        if self._feed_on and len(due) > self._reads.batch_size and not recent:
             # A burst of new watches: one active round accounts for most of them in fewer calls
             # than reading each; what it does not account for is read by uuid after it.
             self._burst = True
