@@ -134,7 +134,7 @@ class UuidReads:
             return []
         self._next_read_at = now + self._coalesce_s / 2
         horizon = now + self._coalesce_s
-        due: list[str] = []
+        due: dict[str, None] = {}  # ordered, and a job pushed twice is taken once
         while self._due and self._due[0][0] <= horizon:
             at, _, job_uuid = heapq.heappop(self._due)
             read = self._reads.get(job_uuid)
@@ -143,8 +143,8 @@ class UuidReads:
             if accounted(job_uuid):
                 read.due_at = NEVER
                 continue
-            due.append(job_uuid)
-        return due
+            due[job_uuid] = None
+        return list(due)
 
     def start(self, job_uuids: list[str]) -> Iterator[list[str]]:
         """Mark ``job_uuids`` as being read; the chunks to read them in."""

@@ -14,6 +14,7 @@ import pytest
 from poller.ontap import batch_size
 from poller.simulator import Simulator
 from poller.simulator.testing import FakeClock
+from tests.fakes import FakeOutbox
 from tests.rig import PASSWORD, USER, cluster_rig
 
 RUNNING = [{"after": 0, "state": "running", "message": "Working"}]
@@ -47,7 +48,12 @@ async def test_without_the_feed_a_burst_of_watches_is_read_in_full_collection_ca
 
 async def test_without_the_feed_jobs_read_together_are_read_together_again() -> None:
     """Unchanged jobs back off together: their next reads are full collection calls too."""
-    async with cluster_rig(feed=False) as rig:
+    # The checkpoint copies are refused, so the watches stay held: this is about the backoff
+    # alone (tests/unit/test_reads.py: a watch coming back keeps its place on the schedule).
+    outbox = FakeOutbox(fail_requeue=True)
+    async with cluster_rig(
+        feed=False, outbox=outbox, poll_interval_min=0.4, poll_interval_max=0.8
+    ) as rig:
         rig.watch_jobs(jobs(rig.sim, 150))
         await rig.until(lambda: len(rig.transport.queries()) >= 9)
 
