@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -140,6 +141,61 @@ async def test_a_refused_watch_event_keeps_that_watch_for_the_next_offer() -> No
     assert await dispatcher.apply(UUID, Refused(error_body("no"))) is Applied.RETRY
     assert await dispatcher.apply(UUID, Refused(error_body("no"))) is Applied.ENDED
     assert outbox.routing_keys() == ["watch.c1.error"]
+
+
+OUTCOMES = [
+    ("not_found", Gone(error_body("entry doesn't exist", code="4", target="uuid"))),
+    ("error", Refused(error_body("not authorized for that command", code="6"))),
+    ("timeout", None),  # the deadline passes while ONTAP answers
+]
+
+
+async def end_watches(dispatcher: Dispatcher, watches: list[Watch], observation: Any) -> None:
+    """End the watches with ``observation``, or by their deadline when it is None."""
+    if observation is not None:
+        await dispatcher.apply(UUID, observation)
+        return
+    for watch in watches:
+        watch.deadline_at = 0.0
+    dispatcher.sweep(1_700_000_000.0)
+    await dispatcher.wait_idle()
+
+
+@pytest.mark.parametrize(("outcome", "observation"), OUTCOMES, ids=[o for o, _ in OUTCOMES])
+async def test_a_watch_outcome_is_acked_only_after_its_event_is_confirmed(
+    outcome: str, observation: Any
+) -> None:
+    """watch.c1.<outcome>: the broker confirms the event first, and only then is the request acked."""
+    delivery = FakeDelivery(correlation_id="a")
+    dispatcher, outbox, watches = setup(delivery)
+
+    await end_watches(dispatcher, watches, observation)
+
+    assert outbox.log == [f"event:watch.c1.{outcome}", "ack"], (
+        "the request must be acknowledged after its watch event is confirmed, not before"
+    )
+
+
+@pytest.mark.parametrize(("outcome", "observation"), OUTCOMES, ids=[o for o, _ in OUTCOMES])
+async def test_a_refused_watch_outcome_leaves_the_request_unacked(
+    outcome: str, observation: Any
+) -> None:
+    """The broker refuses watch.c1.<outcome>: the request stays held, unacked, for another try."""
+    delivery = FakeDelivery(correlation_id="a")
+    dispatcher, outbox, watches = setup(delivery)
+    outbox.fail_events = True
+
+    await end_watches(dispatcher, watches, observation)
+
+    assert outbox.attempts >= 1
+    assert delivery.settled == [], f"acknowledged although watch.c1.{outcome} was refused"
+    assert dispatcher.holds(UUID)
+    outbox.fail_events = False
+    if observation is None:
+        watches[0].not_before = 0.0  # the retry pause of a refused expiry, over
+    await end_watches(dispatcher, watches, observation)
+    assert outbox.routing_keys() == [f"watch.c1.{outcome}"]
+    assert delivery.settled == ["ack"]
 
 
 @pytest.mark.parametrize(("seen_before", "replayed"), [((None, 0), True), (("running", 1), False)])
