@@ -25,3 +25,9 @@ def end_id(cluster: str, job: str, state: str) -> str:
     """``ce-id`` of a job's end: one per job, whatever history the publishing worker saw."""
     assert state in END_STATES, state
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ontap-job-poller:{cluster}/{job}/{state}"))
+
+
+def watch_end_id(cluster: str, job: str, outcome: str, key: str) -> str:
+    """``ce-id`` of a ``watch.*`` end: per watch, ``key`` its correlation_id, else its message_id."""
+    name = f"ontap-job-poller:{cluster}/{job}/watch/{outcome}/{key}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))

@@ -14,6 +14,7 @@ from cloudevents.core.formats.json import JSONFormat
 from netapp_ontap.resources import Job as NetAppJob
 
 from tests.contract import event_id as change_id
+from tests.contract import watch_end_id
 from tests.integration.conftest import cluster, make_settings
 from tests.schemas import validate
 
@@ -116,7 +117,11 @@ async def test_unknown_job_ends_the_watch_as_not_found_with_ontaps_error(
     events, _ = await subscribe(names.events_exchange, "watch.*.*")
     missing = str(uuid.uuid4())
 
-    await publish(names.watch_queue, {"uuid": missing}, correlation_id="corr-404")
+    # Both ids, as most clients send them (aio-pika makes up a message_id when none is given):
+    # the watch's end is named by its correlation_id.
+    await publish(
+        names.watch_queue, {"uuid": missing}, correlation_id="corr-404", message_id="msg-404"
+    )
     (message,) = await events.wait_keys("watch.c1.not_found")
 
     body = json.loads(message.body)
@@ -127,10 +132,27 @@ async def test_unknown_job_ends_the_watch_as_not_found_with_ontaps_error(
     assert message.headers["ce-type"] == "ontap.watch.not_found"
     assert message.headers["ce-subject"] == missing
     assert "ce-previousstate" not in message.headers
-    expected = uuid.uuid5(
-        uuid.NAMESPACE_URL, f"ontap-job-poller:c1/{missing}/watch/not_found/corr-404"
+    assert message.headers["ce-id"] == watch_end_id("c1", missing, "not_found", "corr-404"), (
+        "the watch's end is named by its correlation_id, before its message_id"
     )
-    assert message.headers["ce-id"] == str(expected)
+
+
+async def test_a_watch_end_without_correlation_id_is_named_by_its_message_id(
+    sim, names, amqp_url, start_worker, subscribe, publish
+) -> None:
+    """Without a correlation_id, the watch.* ce-id takes the request's message_id."""
+    _, base_url = sim
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    events, _ = await subscribe(names.events_exchange, "watch.*.*")
+    missing = str(uuid.uuid4())
+
+    await publish(names.watch_queue, {"uuid": missing}, message_id="msg-7")
+    (message,) = await events.wait_keys("watch.c1.not_found")
+
+    assert message.headers["ce-id"] == watch_end_id("c1", missing, "not_found", "msg-7"), (
+        "without a correlation_id, the watch's end is named by its message_id"
+    )
+    assert message.correlation_id is None
 
 
 async def test_refused_credentials_end_the_watch_as_error(
