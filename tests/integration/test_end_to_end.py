@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,9 @@ from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_binary
 from cloudevents.core.formats.json import JSONFormat
 from netapp_ontap.resources import Job as NetAppJob
 
+from poller import checkpoint
+from poller.checkpoint import Checkpoint
+from poller.tracking import Progress
 from tests.contract import event_id as change_id
 from tests.contract import watch_end_id
 from tests.integration.conftest import cluster, make_settings
@@ -246,6 +250,32 @@ async def test_deadline_ends_the_watch_as_timeout_with_the_last_job(
     validate("job.json", body)
     assert body["state"] == "running"
     assert message.headers["ce-previousstate"] == "running"
+
+
+async def test_a_resumed_watch_keeps_the_deadline_of_its_checkpoint(
+    sim, names, amqp_url, start_worker, subscribe, publish
+) -> None:
+    """A request carrying a checkpoint ends at the checkpoint's deadline, not a fresh one."""
+    simulator, base_url = sim
+    job = simulator.create_job(timeline=[{"after": 0, "state": "running", "message": "working"}])
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    events, _ = await subscribe(names.events_exchange, "#")
+    saved = Checkpoint("w-resumed", time.time() + 1.5, Progress())
+
+    # The request asks for an hour; the watch it was checkpointed from has 1.5 s left.
+    await publish(
+        names.watch_queue,
+        {"uuid": job, "timeout": 3600},
+        headers={checkpoint.HEADER: checkpoint.encode(saved)},
+    )
+    try:
+        (message,) = await events.wait_keys("watch.c1.timeout", timeout=10)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"the watch was not ended by its checkpoint's deadline (1.5 s): {exc}"
+        ) from None
+
+    assert json.loads(message.body)["state"] == "running"
 
 
 async def test_progress_events_when_enabled(
