@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from poller.simulator import FaultPlan
 from tests.integration.conftest import PASSWORD, cluster, make_settings
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,39 @@ async def test_watch_wait_prints_events_and_exits_by_outcome(
 
     assert code == expected_exit, out
     assert final_key in out
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_exit", "final_key"),
+    [
+        ("cancelled", 1, "job.c1.cancelled"),
+        ("timeout", 2, "watch.c1.timeout"),
+        ("error", 2, "watch.c1.error"),
+    ],
+)
+async def test_watch_wait_exits_1_when_cancelled_and_2_on_timeout_or_error(
+    sim, names, amqp_url, start_worker, case, expected_exit, final_key
+) -> None:
+    """`watch UUID --wait`: a cancelled job exits 1; a watch ending in timeout or error exits 2."""
+    simulator, base_url = sim
+    running = {"after": 0, "state": "running", "message": "Working"}
+    timeline = [running]
+    if case == "cancelled":
+        timeline.append({"after": 0.5, "state": "cancelled", "message": "Cancelled by admin"})
+    if case == "error":
+        simulator.faults = FaultPlan(status_override=401)  # ONTAP refuses the credentials
+    job = simulator.create_job(timeline=timeline)
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    timeout = "1" if case == "timeout" else "30"
+
+    code, out, _ = await run_cli(
+        "watch", job, "--wait", "--timeout", timeout, env=cli_env(amqp_url, names)
+    )
+
+    assert code == expected_exit, out
+    lines = out.strip().splitlines()
+    assert final_key in lines[-2], out  # the final event, then the summary
+    assert lines[-1].startswith(f"job {job} ") and lines[-1].endswith(f"(exit {expected_exit})")
 
 
 async def test_watch_without_a_worker_exits_3_and_says_why(names, amqp_url) -> None:
