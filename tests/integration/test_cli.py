@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 
 import pytest
 
 from poller.simulator import FaultPlan
+from tests.contract import end_id
 from tests.integration.conftest import PASSWORD, cluster, make_settings
 
 pytestmark = pytest.mark.integration
@@ -109,6 +111,74 @@ async def test_watch_wait_exits_1_when_cancelled_and_2_on_timeout_or_error(
     lines = out.strip().splitlines()
     assert final_key in lines[-2], out  # the final event, then the summary
     assert lines[-1].startswith(f"job {job} ") and lines[-1].endswith(f"(exit {expected_exit})")
+
+
+async def read_line(stream: asyncio.StreamReader, timeout_s: float) -> str | None:
+    """The next line of ``stream``, or None when none came within ``timeout_s``."""
+    try:
+        line = await asyncio.wait_for(stream.readline(), timeout_s)
+    except TimeoutError:
+        return None
+    return line.decode() or None
+
+
+async def test_events_prints_bound_events_as_json_lines_and_stops_on_sigint(
+    sim, names, amqp_url, start_worker, publish
+) -> None:
+    """`events --bind K...` prints each event routed by K as one JSON line; SIGINT exits 0."""
+    simulator, base_url = sim
+    await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
+    events = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "events",
+        "--bind",
+        "job.*.success",
+        "--bind",
+        "watch.*.not_found",
+        env=cli_env(amqp_url, names),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert events.stdout is not None
+    lines: list[str] = []
+    try:
+        # It prints nothing once subscribed: watch unknown jobs until the end of one shows.
+        for _ in range(40):
+            await publish(names.watch_queue, {"uuid": str(uuid.uuid4())})
+            if (line := await read_line(events.stdout, 0.5)) is not None:
+                lines.append(line)
+                break
+        else:
+            raise AssertionError("events printed nothing within 20 s")
+        job = simulator.create_job(
+            timeline=[{"after": 0, "state": "running"}, {"after": 1, "state": "success"}]
+        )
+        await publish(names.watch_queue, {"uuid": job})
+        while json.loads(lines[-1])["routing_key"] != "job.c1.success":
+            line = await read_line(events.stdout, 15)
+            assert line is not None, f"no job.c1.success line within 15 s: {lines}"
+            lines.append(line)
+        await asyncio.sleep(0.5)  # job.c1.running would be printed by now, were it bound
+
+        events.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(events.communicate(), 10)
+    finally:
+        if events.returncode is None:
+            events.kill()
+            await events.wait()
+
+    assert events.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    printed = [json.loads(line) for line in [*lines, *rest.decode().splitlines()]]
+    assert {tuple(sorted(p)) for p in printed} == {("body", "headers", "properties", "routing_key")}
+    assert {p["routing_key"] for p in printed} == {"watch.c1.not_found", "job.c1.success"}
+    (success,) = [p for p in printed if p["routing_key"] == "job.c1.success"]
+    assert success["headers"]["ce-subject"] == job
+    assert success["headers"]["ce-id"] == end_id("c1", job, "success")
+    assert success["properties"]["message_id"] == end_id("c1", job, "success")
+    assert success["body"]["state"] == "success"
 
 
 async def test_watch_without_a_worker_exits_3_and_says_why(names, amqp_url) -> None:
