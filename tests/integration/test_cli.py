@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 from poller.simulator import FaultPlan
 from tests.contract import end_id
-from tests.integration.conftest import PASSWORD, cluster, make_settings
+from tests.integration.conftest import PASSWORD, cluster, make_settings, wait_for_queue
 
 pytestmark = pytest.mark.integration
 
@@ -280,6 +283,74 @@ async def test_run_worker_process_end_to_end(sim, names, amqp_url, subscribe) ->
     lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     assert {"worker.started", "worker.stopped"} <= {line["event"] for line in lines}
     assert PASSWORD not in stderr.decode()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on: its sockets' inodes in /proc/<pid>/net/tcp{,6}."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("http_port", ["0", "free"], ids=["off", "on"])
+async def test_http_port_0_turns_the_ops_server_off_and_the_worker_still_works(
+    sim, names, amqp_url, subscribe, http_port
+) -> None:
+    """`run` with http_port 0 listens on no port at all, and still turns a request into events.
+
+    With a port (the control), it listens there and nowhere else.
+    """
+    simulator, base_url = sim
+    if http_port == "free":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            http_port = str(probe.getsockname()[1])
+    job = simulator.create_job(
+        timeline=[{"after": 0, "state": "running"}, {"after": 1, "state": "success"}]
+    )
+    env = cli_env(
+        amqp_url,
+        names,
+        POLLER_HTTP_PORT=http_port,
+        POLLER_ONTAP_URL=base_url,
+        POLLER_ONTAP_USERNAME="admin",
+        POLLER_ONTAP_PASSWORD=PASSWORD,
+        POLLER_ONTAP_NAME="c1",
+        POLLER_POLL_INTERVAL_MIN="0.2",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "poller",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_for_queue(amqp_url, names.watch_queue)
+        events, _ = await subscribe(names.events_exchange, "#")
+        code, _, _ = await run_cli("watch", job, env=cli_env(amqp_url, names))
+        assert code == 0
+        await events.wait_keys("job.c1.success")
+        listening = listening_ports(worker.pid)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(worker.communicate(), 15)
+
+    assert worker.returncode == 0, stderr.decode()[-2000:]
+    expected = set() if http_port == "0" else {int(http_port)}
+    assert listening == expected, f"http_port {http_port}: listening on {listening}"
 
 
 async def test_demo_prints_three_outcomes_and_exits_0(amqp_url) -> None:
