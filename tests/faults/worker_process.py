@@ -129,6 +129,11 @@ class WorkerProcess:
         if self.running:
             os.kill(self.pid, signal.SIGTERM)
 
+    def interrupt(self) -> None:
+        """SIGINT, as Ctrl-C in its terminal: the same graceful stop."""
+        if self.running:
+            os.kill(self.pid, signal.SIGINT)
+
     async def wait_exit(self, timeout_s: float) -> int:
         """The exit status; ``subprocess.TimeoutExpired`` if it is still running after that."""
         assert self.process is not None, "start() first"
