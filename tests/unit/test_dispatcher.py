@@ -78,6 +78,22 @@ async def test_a_failed_publish_commits_nothing() -> None:
     assert [c["changes"] for c in outbox.checkpoints] == [1]  # n counted once, not twice
 
 
+@pytest.mark.parametrize("by", ["change", "timer"])
+async def test_a_checkpoint_carries_the_watchs_own_deadline(by: str) -> None:
+    """The re-enqueued copy, after a change or at checkpoint_interval, keeps the watch's deadline."""
+    dispatcher, outbox, (watch,) = setup(FakeDelivery())
+    watch.deadline_at = 1_700_003_600.5
+    if by == "change":
+        await dispatcher.apply(UUID, seen("running"))
+    else:
+        dispatcher.sweep(1_700_000_000.0)  # held since 0: long past checkpoint_interval
+        await dispatcher.wait_idle()
+
+    assert [c["deadline_at"] for c in outbox.checkpoints] == [1_700_003_600.5], (
+        "the copy must carry the watch's deadline, or the watch resumes with a fresh one"
+    )
+
+
 async def test_a_failed_checkpoint_keeps_the_delivery() -> None:
     """No ack without a confirmed re-enqueued copy: the watch would otherwise be lost."""
     delivery = FakeDelivery()
