@@ -59,7 +59,7 @@ async def test_a_hung_call_is_given_up_after_request_timeout(sim) -> None:
         await client.aclose()
     elapsed_s = time.monotonic() - started
 
-    assert 1.4 <= elapsed_s < 3.0, f"given up after {elapsed_s:.2f} s, not about 1.5 s"
+    assert 1.4 <= elapsed_s < 3.5, f"given up after {elapsed_s:.2f} s, not about 1.5 s"
     assert caught.value.error["message"].startswith("ReadTimeout")
     assert await until_counted(simulator, "hung") == 1
 
