@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from poller import checkpoint
 from poller.dispatcher import Admission, Applied, Dispatcher
+from poller.events import Envelope
 from poller.metrics import Metrics
 from poller.models import Job, WatchRequest, error_body
 from poller.tracking import Gone, Progress, Refused, Seen, Unreachable
@@ -342,6 +344,7 @@ async def test_a_job_nobody_waits_on_is_forgotten_after_its_grace() -> None:
     outbox = FakeOutbox()
     dispatcher = Dispatcher("c1", outbox, clock=Clock(), on_idle=idle.append)
     held(dispatcher, FakeDelivery())
+    dispatcher.sweep(NOW - 60)
     await dispatcher.apply(UUID, seen("running"))  # checkpointed: the watch left
     idle.clear()
 
@@ -475,7 +478,9 @@ async def test_a_refused_event_is_logged_and_offered_again() -> None:
     outbox.fail_events = True
     with capture_logs() as logs:
         assert await dispatcher.apply(UUID, seen("running")) is Applied.RETRY
-    assert [(e["event"], e["log_level"]) for e in logs] == [("event.publish_failed", "warning")]
+    assert logs == [
+        {"event": "event.publish_failed", "log_level": "warning", "error": "no confirm"}
+    ]
     assert outbox.checkpoints == [] and delivery.acks == 0
 
 
@@ -499,3 +504,114 @@ async def test_a_copy_of_a_watch_being_settled_leaves_the_older_delivery_alone()
     dispatcher.add(make_watch(FakeDelivery(), "w0"), Progress(), resumed=True)
     await dispatcher.wait_idle()
     assert older.delivery.acks == 0  # type: ignore[attr-defined]
+
+
+async def test_every_line_about_an_observation_names_its_job_and_cluster() -> None:
+    """The event, its failure and the end of the watches all carry job and cluster."""
+    dispatcher, outbox, _ = setup(FakeDelivery(), FakeDelivery())
+    outbox.failures = 1
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await dispatcher.apply(UUID, seen("running"))
+        await dispatcher.apply(UUID, seen("success"))
+    assert {e["event"] for e in logs} == {"event.publish_failed", "event.published", "watch.ended"}
+    assert {(e["job"], e["cluster"]) for e in logs} == {(UUID, "c1")}
+
+
+@pytest.mark.parametrize(
+    ("feed", "routing_key", "body"),
+    [
+        (
+            None,
+            "watch.c1.timeout",
+            {"error": error_body("deadline passed before the job was read")},
+        ),
+        (error_body("ConnectError"), "watch.c1.error", {"error": error_body("ConnectError")}),
+    ],
+    ids=["feed-answering", "feed-failing"],
+)
+async def test_the_feeds_last_answer_decides_timeout_or_error(
+    feed: dict[str, Any] | None, routing_key: str, body: dict[str, Any]
+) -> None:
+    """A deadline passing while the cluster's feed fails ends the watch as error, with why."""
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    held(dispatcher, FakeDelivery(), deadline_at=NOW)
+    dispatcher.note_reachable(error_body("earlier failure"))
+    dispatcher.note_reachable(feed)
+
+    dispatcher.sweep(NOW)
+    await dispatcher.wait_idle()
+
+    assert outbox.routing_keys() == [routing_key]
+    assert json.loads(outbox.events[0].body) == body
+
+
+async def test_losing_discovery_forgets_only_the_jobs_nobody_here_waits_on() -> None:
+    """Discovered and unwatched: forgotten. Watched (discovered or not): kept."""
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=Clock(), checkpoint_interval_s=1e9)
+    lonely, shared = "2cd8a442-86d1-11e0-ae1c-123478563412", "3cd8a442-86d1-11e0-ae1c-123478563412"
+    for job in [lonely, shared]:
+        await dispatcher.apply(job, Seen(Job({"uuid": job, "state": "running"})), discovered=True)
+    watch = make_watch(FakeDelivery(), "w-shared")
+    watch.request = WatchRequest(shared, "c1", None)
+    dispatcher.add(watch, Progress())
+    held(dispatcher, FakeDelivery())
+    await dispatcher.wait_idle()
+
+    dispatcher.forget_discovered()
+
+    assert [dispatcher.holds(j) for j in [lonely, shared, UUID]] == [False, True, True]
+
+
+async def test_a_lagging_copy_is_caught_up_before_the_change_in_the_same_offer() -> None:
+    """The copy lacking n=1 is re-enqueued with it, then the change is published, all at once."""
+    behind, current = FakeDelivery(), FakeDelivery()
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    behind.log = current.log = outbox.log
+    dispatcher.add(make_watch(current, "w-current", saved=1), Progress("queued", 1))
+    dispatcher.add(make_watch(behind, "w-behind", saved=0), Progress())
+    await dispatcher.wait_idle()
+
+    assert await dispatcher.apply(UUID, seen("running")) is Applied.TAKEN
+
+    assert outbox.log == ["requeue", "ack", "event:job.c1.running", "requeue", "ack"]
+    assert [(c["watch_id"], c["state"], c["changes"]) for c in outbox.checkpoints] == [
+        ("w-behind", "queued", 1),
+        ("w-current", "running", 2),
+    ]
+
+
+async def test_the_sweep_drops_a_dead_channels_delivery_untouched() -> None:
+    """Stale: neither expired nor acked (the broker has it again); the job goes idle."""
+    idle: list[str] = []
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock(), on_idle=idle.append)
+    delivery = FakeDelivery(stale=True)
+    held(dispatcher, delivery, deadline_at=NOW)
+
+    dispatcher.sweep(NOW + 1)
+    await dispatcher.wait_idle()
+
+    assert outbox.events == [] and delivery.acks == 0
+    assert idle == [UUID]
+
+
+class BuggyOutbox(FakeOutbox):
+    """An outbox that fails in an unforeseen way (not a refusal of the broker)."""
+
+    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
+        raise RuntimeError("unforeseen")
+
+
+async def test_a_background_task_that_raises_is_logged_with_its_cluster() -> None:
+    """dispatcher.task_failed (error), with the cluster and the error: a bug, never silent."""
+    dispatcher = Dispatcher("c1", BuggyOutbox(), clock=Clock())
+    held(dispatcher, FakeDelivery())
+    await dispatcher.apply(UUID, seen("running"))
+    with capture_logs() as logs:
+        dispatcher.add(make_watch(FakeDelivery(reply_to="r9"), "w9"), Progress())
+        await dispatcher.wait_idle()
+    assert [(e["event"], e["log_level"], e["cluster"], e["error"]) for e in logs] == [
+        ("dispatcher.task_failed", "error", "c1", "RuntimeError('unforeseen')")
+    ]
