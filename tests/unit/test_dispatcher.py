@@ -615,3 +615,21 @@ async def test_a_background_task_that_raises_is_logged_with_its_cluster() -> Non
     assert [(e["event"], e["log_level"], e["cluster"], e["error"]) for e in logs] == [
         ("dispatcher.task_failed", "error", "c1", "RuntimeError('unforeseen')")
     ]
+
+
+async def test_a_copy_arriving_while_its_twin_expires_leaves_the_twin_to_its_expiry() -> None:
+    """The expiring delivery is acknowledged once, by its expiry (a second ack closes a channel)."""
+    outbox = FakeOutbox(held_states=frozenset({"timeout"}))
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    expiring = FakeDelivery()
+    held(dispatcher, expiring, deadline_at=NOW)
+    dispatcher.sweep(NOW)
+    await asyncio.sleep(0)
+    assert outbox.waiting == 1  # its watch.c1.timeout awaits the broker's confirm
+
+    dispatcher.add(make_watch(FakeDelivery(), "w1"), Progress(), resumed=True)
+    await asyncio.sleep(0)
+    outbox.gate.set()
+    await dispatcher.wait_idle()
+
+    assert expiring.settled == ["ack"]
