@@ -82,8 +82,11 @@ class Settler:
 
     async def end_watch(
         self, record: Record, watch: Watch, outcome: Outcome, body: dict[str, Any]
-    ) -> bool:
-        """Publish ``watch.<cluster>.<outcome>`` for one watch, then acknowledge it."""
+    ) -> None:
+        """Publish ``watch.<cluster>.<outcome>`` for one watch, then acknowledge it.
+
+        A refused event leaves the watch held (the caller sees it still in ``record.watches``).
+        """
         envelope = watch_event(
             self.cluster,
             record.uuid,
@@ -98,11 +101,10 @@ class Settler:
             await self.publish(envelope, [watch])
         except BrokerError as exc:
             log.warning("event.publish_failed", outcome=outcome, error=str(exc))
-            return False
+            return
         self.ended[watch.watch_id] = self._clock()
         await self.ack(record, watch)
         log.info("watch.ended", outcome=outcome.value)
-        return True
 
     async def checkpoint(self, record: Record, watch: Watch) -> None:
         """Re-enqueue the watch with its progress, confirmed, then acknowledge the old delivery."""

@@ -141,7 +141,7 @@ def step(track: Track, observation: Observation, *, publish_progress: bool) -> S
         case Unreachable(error):
             # Keep what was known, and remember the failure for a deadline that passes now.
             return Step(replace(track, failing=True, last_error=error))
-    raise AssertionError(f"unknown observation {observation!r}")  # pragma: no cover
+    raise AssertionError(f"unknown observation {observation!r}")  # pragma: no cover, no mutate
 
 
 def ends_watches(observation: Observation) -> bool:

@@ -95,3 +95,20 @@ def test_wrongly_typed_optional_parts_are_dropped(field: str, value: Any, expect
     """A state, message or job of the wrong type reads as absent rather than as garbage."""
     saved = checkpoint.decode(json.dumps({**GOOD, field: value}))
     assert getattr(saved.progress, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xff\xfe", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+        ("{not json", "Invalid JSON: key must be a string at line 1 column 2"),
+        (json.dumps({**GOOD, "v": 2}), "Input should be 1"),
+        (json.dumps({**GOOD, "changes": -1}), "Input should be greater than or equal to 0"),
+        (42, "JSON input should be string, bytes or bytearray"),
+    ],
+)
+def test_the_reason_names_what_is_wrong(value: Any, reason: str) -> None:
+    """x-poller-error names the header and the first thing wrong with it, in one short line."""
+    with pytest.raises(InvalidRequest) as caught:
+        checkpoint.decode(value)
+    assert str(caught.value) == f"x-poller-checkpoint: unreadable ({reason})"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from poller import checkpoint
 from poller.dispatcher import Admission, Applied, Dispatcher
+from poller.events import Envelope
+from poller.metrics import Metrics
 from poller.models import Job, WatchRequest, error_body
 from poller.tracking import Gone, Progress, Refused, Seen, Unreachable
 from poller.watch import Watch
@@ -46,8 +51,11 @@ def setup(
     return dispatcher, outbox, watches
 
 
-def seen(state: str) -> Seen:
-    return Seen(Job({"uuid": UUID, "state": state}))
+def seen(state: str, message: str | None = None) -> Seen:
+    raw: dict[str, Any] = {"uuid": UUID, "state": state}
+    if message is not None:
+        raw["message"] = message
+    return Seen(Job(raw))
 
 
 async def test_a_change_is_published_then_checkpointed_then_acked() -> None:
@@ -277,3 +285,422 @@ def test_checkpoint_round_trip() -> None:
         "w", 123.5, Progress("running", 2, "half", {"uuid": UUID, "state": "running"})
     )
     assert checkpoint.decode(checkpoint.encode(saved)) == saved
+
+
+NOW = 1_700_000_000.0
+
+
+class Clock:
+    """The dispatcher's clock, moved by the test."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held(
+    dispatcher: Dispatcher,
+    delivery: FakeDelivery,
+    watch_id: str = "w1",
+    progress: Progress | None = None,
+    **fields: Any,
+) -> Watch:
+    """A watch added to ``dispatcher`` (job UUID), held since NOW, with ``fields`` set on it."""
+    watch = make_watch(delivery, watch_id)
+    watch.held_since = NOW
+    for name, value in fields.items():
+        setattr(watch, name, value)
+    dispatcher.add(watch, progress or Progress())
+    return watch
+
+
+@pytest.mark.parametrize(("now", "ended"), [(NOW - 0.001, False), (NOW, True), (NOW + 5, True)])
+async def test_a_deadline_ends_the_watch_from_that_very_moment(now: float, ended: bool) -> None:
+    """deadline_at <= now: the sweep ends the watch with watch.<cluster>.timeout and acks it."""
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    delivery = FakeDelivery()
+    held(dispatcher, delivery, deadline_at=NOW)
+
+    dispatcher.sweep(now)
+    await dispatcher.wait_idle()
+
+    assert outbox.routing_keys() == (["watch.c1.timeout"] if ended else [])
+    assert delivery.acks == (1 if ended else 0)
+
+
+async def test_a_deadline_waits_for_the_read_under_way() -> None:
+    """While the job is being read, its deadline waits: the read tells timeout from error."""
+    reading = {UUID}
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock(), reading=reading.__contains__)
+    held(dispatcher, FakeDelivery(), deadline_at=NOW)
+
+    dispatcher.sweep(NOW + 1)
+    await dispatcher.wait_idle()
+    assert outbox.events == []
+
+    reading.clear()
+    dispatcher.sweep(NOW + 2)
+    await dispatcher.wait_idle()
+    assert outbox.routing_keys() == ["watch.c1.timeout"]
+
+
+@pytest.mark.parametrize(("held_for", "checkpointed"), [(599.9, False), (600.0, True)])
+async def test_a_watch_held_for_checkpoint_interval_is_re_enqueued(
+    held_for: float, checkpointed: bool
+) -> None:
+    """By default after 600 s held, the watch is re-enqueued with its progress, then acked."""
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    delivery = FakeDelivery()
+    held(dispatcher, delivery, held_since=NOW)
+
+    dispatcher.sweep(NOW + held_for)
+    await dispatcher.wait_idle()
+
+    assert [c["watch_id"] for c in outbox.checkpoints] == (["w1"] if checkpointed else [])
+    assert delivery.acks == (1 if checkpointed else 0)
+    assert dispatcher.holds(UUID)  # its copy is on its way back
+
+
+async def test_a_failed_checkpoint_is_tried_again_two_seconds_later() -> None:
+    """The broker refused the copy: the delivery stays held, and the sweep retries after 2 s."""
+    clock = Clock()
+    outbox = FakeOutbox(fail_requeue=True)
+    dispatcher = Dispatcher("c1", outbox, clock=clock)
+    delivery = FakeDelivery()
+    held(dispatcher, delivery, held_since=NOW - 600)
+
+    with capture_logs() as logs:
+        for now in [NOW, NOW + 1.9, NOW + 2.0]:
+            clock.now = now
+            dispatcher.sweep(now)
+            await dispatcher.wait_idle()
+    tried = [e for e in logs if e["event"] == "watch.checkpoint_failed"]
+    assert len(tried) == 2
+    assert {e["log_level"] for e in tried} == {"warning"}
+    assert delivery.acks == 0
+
+    outbox.fail_requeue = False
+    clock.now = NOW + 4.0
+    dispatcher.sweep(NOW + 4.0)
+    await dispatcher.wait_idle()
+    assert len(outbox.checkpoints) == 1 and delivery.acks == 1
+
+
+async def test_one_expiry_at_a_time_per_watch() -> None:
+    """Sweeps while a watch's end is being confirmed do not end it a second time."""
+    outbox = FakeOutbox(held_states=frozenset({"timeout"}))
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    delivery = FakeDelivery()
+    held(dispatcher, delivery, deadline_at=NOW)
+
+    for tick in range(3):
+        dispatcher.sweep(NOW + tick)
+        await asyncio.sleep(0)
+    outbox.gate.set()
+    await dispatcher.wait_idle()
+
+    assert outbox.waiting == 1
+    assert outbox.routing_keys() == ["watch.c1.timeout"]
+    assert delivery.acks == 1
+
+
+async def test_a_job_nobody_waits_on_is_forgotten_after_its_grace() -> None:
+    """A job whose watch left with a checkpoint is kept 30 s for the copy, then forgotten."""
+    idle: list[str] = []
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock(), on_idle=idle.append)
+    held(dispatcher, FakeDelivery())
+    dispatcher.sweep(NOW - 60)
+    await dispatcher.apply(UUID, seen("running"))  # checkpointed: the watch left
+    idle.clear()
+
+    kept = []
+    for now in [NOW, NOW + 29.9, NOW + 30.0]:
+        dispatcher.sweep(now)
+        kept.append(dispatcher.holds(UUID))
+
+    assert kept == [True, True, False]
+    assert idle == [UUID]
+
+
+async def test_a_job_with_a_watch_or_discovered_is_never_forgotten() -> None:
+    """Held watches and discovered jobs keep their record, however long they last."""
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=Clock(), checkpoint_interval_s=1e9)
+    held(dispatcher, FakeDelivery())
+    other = "2cd8a442-86d1-11e0-ae1c-123478563412"
+    await dispatcher.apply(other, Seen(Job({"uuid": other, "state": "running"})), discovered=True)
+
+    for now in [NOW, NOW + 31, NOW + 3600]:
+        dispatcher.sweep(now)
+
+    assert dispatcher.holds(UUID) and dispatcher.holds(other)
+
+
+async def test_the_gauges_count_watches_and_jobs() -> None:
+    """ontap_poller_watches_active and ontap_poller_jobs_tracked, per cluster, at each sweep."""
+    metrics = Metrics()
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=Clock(), metrics=metrics)
+    for n in range(3):
+        held(dispatcher, FakeDelivery(), f"w{n}")
+    other = "2cd8a442-86d1-11e0-ae1c-123478563412"
+    await dispatcher.apply(other, Seen(Job({"uuid": other, "state": "running"})), discovered=True)
+
+    dispatcher.sweep(NOW)
+
+    sample = metrics.registry.get_sample_value
+    assert sample("ontap_poller_watches_active", {"cluster": "c1"}) == 3
+    assert sample("ontap_poller_jobs_tracked", {"cluster": "c1"}) == 2
+    assert sample("ontap_poller_jobs_discovered_total", {"cluster": "c1"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("after_s", "admission"), [(600.0, Admission.SETTLED), (600.5, Admission.NEW)]
+)
+async def test_an_ended_watch_is_remembered_for_ten_minutes(
+    after_s: float, admission: Admission
+) -> None:
+    """A late copy of an ended watch is settled for 600 s; after that it is a watch again."""
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=Clock())
+    held(dispatcher, FakeDelivery())
+    await dispatcher.apply(UUID, seen("success"))
+
+    dispatcher.sweep(NOW + after_s)
+    late = make_watch(FakeDelivery(), "w1")
+
+    assert dispatcher.add(late, Progress("running", 1), resumed=True) is admission
+    await dispatcher.wait_idle()
+    assert late.delivery.acks == (1 if admission is Admission.SETTLED else 0)  # type: ignore[attr-defined]
+
+
+async def test_the_sweep_runs_often_with_few_jobs() -> None:
+    """With few jobs the housekeeping runs every 50 ms: a deadline is kept to within a fraction of a second."""
+    calls: list[float] = []
+
+    def clock() -> float:
+        calls.append(NOW)
+        return NOW
+
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=clock)
+    task = asyncio.create_task(dispatcher.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    assert len(calls) >= 3
+
+
+async def test_a_final_event_reaches_each_reply_to_once() -> None:
+    """The end is sent to every watch's reply_to once, not again when the watches are settled."""
+    first = FakeDelivery(reply_to="r1", correlation_id="a")
+    second = FakeDelivery(reply_to="r2", correlation_id="b")
+    dispatcher, outbox, _ = setup(first, second)
+
+    await dispatcher.apply(UUID, seen("success"))
+
+    assert sorted((to, e.routing_key, e.correlation_id) for to, e in outbox.replies) == [
+        ("r1", "job.c1.success", "a"),
+        ("r2", "job.c1.success", "b"),
+    ]
+
+
+async def test_the_end_of_the_watches_is_logged_once_with_its_outcome() -> None:
+    """watch.ended (info) says the outcome and how many watches ended with it."""
+    dispatcher, _, _ = setup(FakeDelivery(), FakeDelivery())
+    with capture_logs() as logs:
+        await dispatcher.apply(UUID, seen("failure"))
+    ended = [e for e in logs if e["event"] == "watch.ended"]
+    assert ended == [
+        {"event": "watch.ended", "log_level": "info", "outcome": "failure", "watches": 2}
+    ]
+
+
+async def test_progress_is_published_without_a_checkpoint() -> None:
+    """A progress event does not change n, so the watch keeps its delivery (no copy, no ack)."""
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock(), publish_progress=True)
+    watch = held(
+        dispatcher, FakeDelivery(), progress=Progress("running", 1, "10%"), saved_changes=1
+    )
+
+    assert await dispatcher.apply(UUID, seen("running", "20%")) is Applied.TAKEN
+
+    assert outbox.routing_keys() == ["progress.c1.running"]
+    assert outbox.checkpoints == []
+    assert watch.delivery.acks == 0  # type: ignore[attr-defined]
+    assert dispatcher.holds(UUID)
+
+
+async def test_without_publish_progress_a_new_message_publishes_nothing() -> None:
+    """publish_progress is off unless asked for."""
+    dispatcher, outbox, _ = setup(FakeDelivery(), progress=Progress("running", 1, "10%"))
+    assert await dispatcher.apply(UUID, seen("running", "20%")) is Applied.TAKEN
+    assert outbox.events == []
+
+
+async def test_a_refused_event_is_logged_and_offered_again() -> None:
+    """event.publish_failed (warning) and RETRY: nothing else happens to the watch."""
+    delivery = FakeDelivery()
+    dispatcher, outbox, _ = setup(delivery)
+    outbox.fail_events = True
+    with capture_logs() as logs:
+        assert await dispatcher.apply(UUID, seen("running")) is Applied.RETRY
+    assert logs == [
+        {"event": "event.publish_failed", "log_level": "warning", "error": "no confirm"}
+    ]
+    assert outbox.checkpoints == [] and delivery.acks == 0
+
+
+async def test_a_copy_with_the_same_history_keeps_the_jobs_failure() -> None:
+    """A copy adding nothing to the job's history leaves its track, failure included, as it is."""
+    dispatcher, outbox, _ = setup(FakeDelivery())
+    await dispatcher.apply(UUID, Unreachable(error_body("ConnectError")))
+    dispatcher.add(make_watch(FakeDelivery(), "w9"), Progress())
+    await dispatcher.wait_idle()
+
+    dispatcher.sweep(2e12)  # past both deadlines
+    await dispatcher.wait_idle()
+
+    assert outbox.routing_keys() == ["watch.c1.error", "watch.c1.error"]
+
+
+async def test_a_copy_of_a_watch_being_settled_leaves_the_older_delivery_alone() -> None:
+    """The older copy's own expiry or checkpoint acks it: it is not acknowledged twice."""
+    dispatcher, _, (older,) = setup(FakeDelivery())
+    older.busy = True
+    dispatcher.add(make_watch(FakeDelivery(), "w0"), Progress(), resumed=True)
+    await dispatcher.wait_idle()
+    assert older.delivery.acks == 0  # type: ignore[attr-defined]
+
+
+async def test_every_line_about_an_observation_names_its_job_and_cluster() -> None:
+    """The event, its failure and the end of the watches all carry job and cluster."""
+    dispatcher, outbox, _ = setup(FakeDelivery(), FakeDelivery())
+    outbox.failures = 1
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await dispatcher.apply(UUID, seen("running"))
+        await dispatcher.apply(UUID, seen("success"))
+    assert {e["event"] for e in logs} == {"event.publish_failed", "event.published", "watch.ended"}
+    assert {(e["job"], e["cluster"]) for e in logs} == {(UUID, "c1")}
+
+
+@pytest.mark.parametrize(
+    ("feed", "routing_key", "body"),
+    [
+        (
+            None,
+            "watch.c1.timeout",
+            {"error": error_body("deadline passed before the job was read")},
+        ),
+        (error_body("ConnectError"), "watch.c1.error", {"error": error_body("ConnectError")}),
+    ],
+    ids=["feed-answering", "feed-failing"],
+)
+async def test_the_feeds_last_answer_decides_timeout_or_error(
+    feed: dict[str, Any] | None, routing_key: str, body: dict[str, Any]
+) -> None:
+    """A deadline passing while the cluster's feed fails ends the watch as error, with why."""
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    held(dispatcher, FakeDelivery(), deadline_at=NOW)
+    dispatcher.note_reachable(error_body("earlier failure"))
+    dispatcher.note_reachable(feed)
+
+    dispatcher.sweep(NOW)
+    await dispatcher.wait_idle()
+
+    assert outbox.routing_keys() == [routing_key]
+    assert json.loads(outbox.events[0].body) == body
+
+
+async def test_losing_discovery_forgets_only_the_jobs_nobody_here_waits_on() -> None:
+    """Discovered and unwatched: forgotten. Watched (discovered or not): kept."""
+    dispatcher = Dispatcher("c1", FakeOutbox(), clock=Clock(), checkpoint_interval_s=1e9)
+    lonely, shared = "2cd8a442-86d1-11e0-ae1c-123478563412", "3cd8a442-86d1-11e0-ae1c-123478563412"
+    for job in [lonely, shared]:
+        await dispatcher.apply(job, Seen(Job({"uuid": job, "state": "running"})), discovered=True)
+    watch = make_watch(FakeDelivery(), "w-shared")
+    watch.request = WatchRequest(shared, "c1", None)
+    dispatcher.add(watch, Progress())
+    held(dispatcher, FakeDelivery())
+    await dispatcher.wait_idle()
+
+    dispatcher.forget_discovered()
+
+    assert [dispatcher.holds(j) for j in [lonely, shared, UUID]] == [False, True, True]
+
+
+async def test_a_lagging_copy_is_caught_up_before_the_change_in_the_same_offer() -> None:
+    """The copy lacking n=1 is re-enqueued with it, then the change is published, all at once."""
+    behind, current = FakeDelivery(), FakeDelivery()
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    behind.log = current.log = outbox.log
+    dispatcher.add(make_watch(current, "w-current", saved=1), Progress("queued", 1))
+    dispatcher.add(make_watch(behind, "w-behind", saved=0), Progress())
+    await dispatcher.wait_idle()
+
+    assert await dispatcher.apply(UUID, seen("running")) is Applied.TAKEN
+
+    assert outbox.log == ["requeue", "ack", "event:job.c1.running", "requeue", "ack"]
+    assert [(c["watch_id"], c["state"], c["changes"]) for c in outbox.checkpoints] == [
+        ("w-behind", "queued", 1),
+        ("w-current", "running", 2),
+    ]
+
+
+async def test_the_sweep_drops_a_dead_channels_delivery_untouched() -> None:
+    """Stale: neither expired nor acked (the broker has it again); the job goes idle."""
+    idle: list[str] = []
+    outbox = FakeOutbox()
+    dispatcher = Dispatcher("c1", outbox, clock=Clock(), on_idle=idle.append)
+    delivery = FakeDelivery(stale=True)
+    held(dispatcher, delivery, deadline_at=NOW)
+
+    dispatcher.sweep(NOW + 1)
+    await dispatcher.wait_idle()
+
+    assert outbox.events == [] and delivery.acks == 0
+    assert idle == [UUID]
+
+
+class BuggyOutbox(FakeOutbox):
+    """An outbox that fails in an unforeseen way (not a refusal of the broker)."""
+
+    async def publish_reply(self, envelope: Envelope, reply_to: str) -> None:
+        raise RuntimeError("unforeseen")
+
+
+async def test_a_background_task_that_raises_is_logged_with_its_cluster() -> None:
+    """dispatcher.task_failed (error), with the cluster and the error: a bug, never silent."""
+    dispatcher = Dispatcher("c1", BuggyOutbox(), clock=Clock())
+    held(dispatcher, FakeDelivery())
+    await dispatcher.apply(UUID, seen("running"))
+    with capture_logs() as logs:
+        dispatcher.add(make_watch(FakeDelivery(reply_to="r9"), "w9"), Progress())
+        await dispatcher.wait_idle()
+    assert [(e["event"], e["log_level"], e["cluster"], e["error"]) for e in logs] == [
+        ("dispatcher.task_failed", "error", "c1", "RuntimeError('unforeseen')")
+    ]
+
+
+async def test_a_copy_arriving_while_its_twin_expires_leaves_the_twin_to_its_expiry() -> None:
+    """The expiring delivery is acknowledged once, by its expiry (a second ack closes a channel)."""
+    outbox = FakeOutbox(held_states=frozenset({"timeout"}))
+    dispatcher = Dispatcher("c1", outbox, clock=Clock())
+    expiring = FakeDelivery()
+    held(dispatcher, expiring, deadline_at=NOW)
+    dispatcher.sweep(NOW)
+    await asyncio.sleep(0)
+    assert outbox.waiting == 1  # its watch.c1.timeout awaits the broker's confirm
+
+    dispatcher.add(make_watch(FakeDelivery(), "w1"), Progress(), resumed=True)
+    await asyncio.sleep(0)
+    outbox.gate.set()
+    await dispatcher.wait_idle()
+
+    assert expiring.settled == ["ack"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,9 +11,17 @@ import pytest
 
 from poller import checkpoint
 from poller.checkpoint import Checkpoint
-from poller.events import change_id, job_event, progress_id, watch_event, watch_id
+from poller.events import (
+    PROGRESS_TYPE,
+    change_id,
+    job_event,
+    progress_id,
+    routing_key,
+    watch_event,
+    watch_id,
+)
 from poller.models import Job
-from poller.tracking import Outcome, Seen, Track, step
+from poller.tracking import Change, Outcome, Seen, Track, step
 from tests.contract import event_id as contract_id
 
 JOB = "1cd8a442-86d1-11e0-ae1c-123478563412"
@@ -160,3 +169,129 @@ def test_watch_event_ids_are_per_watch_and_stable(outcome: Outcome) -> None:
     assert envelope("corr-1", T0) == envelope("corr-1", T0 + timedelta(minutes=5))
     assert envelope("corr-1", T0) != envelope("corr-2", T0)
     assert watch_id("c1", JOB, outcome, "k") != watch_id("c2", JOB, outcome, "k")
+
+
+def name_id(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+RUNNING = {"uuid": JOB, "state": "running", "message": "50%"}
+SUBJECT = {"ce-specversion": "1.0", "ce-subject": JOB, "ce-time": "2026-11-28T12:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("change", "routing", "ce_type", "event_id", "previous"),
+    [
+        pytest.param(
+            Change("state", Job({"uuid": JOB, "state": "queued"}), "queued", None, 0),
+            "job.c1.queued",
+            "ontap.job.queued",
+            "fb5c987a-ee83-5212-9c36-4e719668c8bf",
+            {},
+            id="first-sight-has-no-previous-state",
+        ),
+        pytest.param(
+            Change("state", Job(RUNNING), "running", "queued", 1),
+            "job.c1.running",
+            "ontap.job.running",
+            "04624903-46d9-549c-bf48-ec4ccff38f0b",
+            {"ce-previousstate": "queued"},
+            id="change-of-state",
+        ),
+        pytest.param(
+            Change("progress", Job(RUNNING), "running", "running", 1),
+            "progress.c1.running",
+            "ontap.job.progress",
+            name_id(f"ontap-job-poller:c1/{JOB}/1/running/progress/50%"),
+            {"ce-previousstate": "running"},
+            id="progress",
+        ),
+    ],
+)
+def test_a_job_event_is_the_contracts_cloudevent(
+    change: Change, routing: str, ce_type: str, event_id: str, previous: dict[str, str]
+) -> None:
+    """Routing key, every ce-* header and the AMQP properties, as section 4 spells them."""
+    envelope = job_event("c1", JOB, change, T0)
+
+    assert envelope.routing_key == routing
+    assert envelope.headers == {
+        **SUBJECT,
+        "ce-id": event_id,
+        "ce-source": "/clusters/c1",
+        "ce-type": ce_type,
+        "ce-cluster": "c1",
+        **previous,
+    }
+    assert (envelope.message_id, envelope.type, envelope.timestamp) == (event_id, ce_type, T0)
+    assert envelope.correlation_id is None
+    assert json.loads(envelope.body) == change.job.raw
+
+
+@pytest.mark.parametrize(
+    ("outcome", "previous_state", "correlation_id", "previous"),
+    [
+        (Outcome.TIMEOUT, "running", "corr-1", {"ce-previousstate": "running"}),
+        (Outcome.NOT_FOUND, None, None, {}),
+        (Outcome.ERROR, "paused", None, {"ce-previousstate": "paused"}),
+    ],
+)
+def test_a_watch_event_is_the_contracts_cloudevent(
+    outcome: Outcome,
+    previous_state: str | None,
+    correlation_id: str | None,
+    previous: dict[str, str],
+) -> None:
+    """watch.<cluster>.<outcome>: the last state seen (if any), the watch's correlation_id, the body."""
+    body = {"error": {"message": "entry doesn't exist", "code": "4"}}
+    envelope = watch_event(
+        "cluster-2",
+        JOB,
+        outcome,
+        body=body,
+        previous_state=previous_state,
+        watch_key="key-1",
+        correlation_id=correlation_id,
+        seen_at=T0,
+    )
+    event_id = name_id(f"ontap-job-poller:cluster-2/{JOB}/watch/{outcome.value}/key-1")
+
+    assert envelope.routing_key == f"watch.cluster-2.{outcome.value}"
+    assert envelope.headers == {
+        **SUBJECT,
+        "ce-id": event_id,
+        "ce-source": "/clusters/cluster-2",
+        "ce-type": f"ontap.watch.{outcome.value}",
+        "ce-cluster": "cluster-2",
+        **previous,
+    }
+    assert envelope.message_id == event_id
+    assert envelope.type == f"ontap.watch.{outcome.value}"
+    assert (envelope.timestamp, envelope.correlation_id) == (T0, correlation_id)
+    assert json.loads(envelope.body) == body
+
+
+def test_a_progress_event_without_a_message_has_an_id_of_its_own() -> None:
+    """A message that goes away is named by the empty message, never by the word None."""
+    assert progress_id("c1", JOB, 2, "running", None) == name_id(
+        f"ontap-job-poller:c1/{JOB}/2/running/progress/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ce_type", "state", "expected"),
+    [
+        ("ontap.job.running", "running", "job.c1.running"),
+        ("ontap.job.success", None, "job.c1.success"),
+        (PROGRESS_TYPE, "paused", "progress.c1.paused"),
+        ("ontap.watch.not_found", "running", "watch.c1.not_found"),
+        ("ontap.watch.timeout", None, "watch.c1.timeout"),
+        ("ontap.job.some.new_state", "some.new_state", "job.c1.some.new_state"),
+    ],
+)
+def test_routing_key_from_the_type(ce_type: str, state: str | None, expected: str) -> None:
+    """A reply_to copy's routing key is rebuilt from ce-type, ce-cluster and the current state.
+
+    A state ONTAP invents is passed through whole, whatever it holds.
+    """
+    assert routing_key(ce_type, "c1", state) == expected

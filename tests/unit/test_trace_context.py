@@ -121,6 +121,7 @@ async def test_with_opentelemetry_each_event_is_a_span_in_the_watchs_trace(
         assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
         assert event.headers["ce-traceparent"] == f"00-{TRACE}-{span.context.span_id:016x}-01"
         assert span.attributes["cloudevents.event_id"] == event.message_id
+        assert span.attributes["ontap.job"] == job
 
 
 def test_spans_are_off_unless_an_exporter_is_configured() -> None:

@@ -265,3 +265,104 @@ def test_retry_after_delays_the_next_poll() -> None:
     """After ONTAP's Retry-After the job is not polled sooner than it asked."""
     polled = reads([Seen(job("running")), Unreachable(error_body("HTTP 503"), retry_after_s=20.0)])
     assert polled[-1] == (20.0, 2.0)  # the backoff itself is unchanged
+
+
+@pytest.mark.parametrize(
+    ("observations", "expected"),
+    [
+        pytest.param(
+            [("running", "a"), ("running", "a"), ("running", "a")],
+            [("state", "running", None, 0)],
+            id="same-message-again-is-not-progress",
+        ),
+        pytest.param(
+            [("running", "a"), ("running", "b"), ("running", "b"), ("running", "c")],
+            [
+                ("state", "running", None, 0),
+                ("progress", "running", "running", 0),
+                ("progress", "running", "running", 0),
+            ],
+            id="each-new-message-once",
+        ),
+        pytest.param(
+            [("queued", None), ("running", "a"), ("running", "b")],
+            [
+                ("state", "queued", None, 0),
+                ("state", "running", "queued", 1),
+                ("progress", "running", "running", 1),
+            ],
+            id="progress-takes-the-n-of-its-state",
+        ),
+        pytest.param(
+            [("success", "done"), ("success", "cleaned up")],
+            [("state", "success", None, 0)],
+            id="no-progress-after-an-end",
+        ),
+    ],
+)
+def test_progress_events_follow_new_messages_only(
+    observations: list[tuple[str, str | None]], expected: list[Any]
+) -> None:
+    """With publish_progress, a message differing from the last one seen is one progress event."""
+    policy = Policy(1.0, 30.0, publish_progress=True)
+    assert events(run([Seen(job(s, m)) for s, m in observations], policy)) == expected
+
+
+def test_the_progress_remembers_the_last_message_and_job() -> None:
+    """The checkpoint carries the last message and job object, whether or not the state moved."""
+    steps = run([Seen(job("running", "a")), Seen(job("running", "b", code=0))])
+    assert steps[-1].track.progress == Progress(
+        "running", 1, "b", {"uuid": UUID, "state": "running", "message": "b", "code": 0}
+    )
+
+
+@pytest.mark.parametrize(
+    ("observations", "body"),
+    [
+        pytest.param(
+            [Unreachable(error_body("ConnectError: refused"))],
+            {"error": {"message": "ConnectError: refused", "code": "0"}},
+            id="failing-keeps-the-last-error",
+        ),
+        pytest.param(
+            [Seen(job("running", "half")), Unreachable(error_body("HTTP 503", code="503"))],
+            {"error": {"message": "HTTP 503", "code": "503"}},
+            id="failing-after-an-answer",
+        ),
+        pytest.param(
+            [Seen(job("paused", "Waiting"))],
+            {"uuid": UUID, "state": "paused", "message": "Waiting"},
+            id="answering-gives-the-last-job",
+        ),
+        pytest.param(
+            [],
+            {"error": {"message": "deadline passed before the job was read", "code": "0"}},
+            id="never-read",
+        ),
+    ],
+)
+def test_the_body_of_a_deadline_event(observations: list[Any], body: dict[str, Any]) -> None:
+    """watch.error carries ONTAP's last error, watch.timeout the last job (or says none was read)."""
+    track = run(observations)[-1].track if observations else Track()
+    assert expire(track)[1] == body
+
+
+def test_a_failing_track_without_an_error_is_still_an_error_object() -> None:
+    """A failure known without ONTAP's words still ends in the documented error shape."""
+    assert expire(Track(failing=True)) == (
+        Outcome.ERROR,
+        {"error": {"message": "ONTAP unreachable", "code": "0"}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_after_s", "expected"),
+    [(None, (0.1, 0.1)), (0.0, (0.1, 0.1)), (0.07, (0.1, 0.1)), (0.5, (0.1, 0.5))],
+)
+def test_a_failed_read_waits_its_backoff_or_retry_after_whichever_is_longer(
+    retry_after_s: float | None, expected: tuple[float, float]
+) -> None:
+    """Sub-second intervals stay sub-second when ONTAP sends no (or a shorter) Retry-After."""
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    failed = Unreachable(error_body("HTTP 503"), retry_after_s=retry_after_s)
+    assert next_read(0.05, failed, moved=True, policy=policy) == expected
