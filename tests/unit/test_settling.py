@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -318,12 +320,12 @@ async def test_an_event_goes_to_each_live_reply_to_with_that_watchs_correlation_
 
 
 @pytest.mark.parametrize(
-    ("delivery", "acks", "logged"),
+    ("new_delivery", "acks", "logged"),
     [
-        (FakeDelivery(), 1, []),
-        (FakeDelivery(stale=True), 0, []),
+        (FakeDelivery, 1, []),
+        (partial(FakeDelivery, stale=True), 0, []),
         (
-            RefusingDelivery(),
+            RefusingDelivery,
             0,
             [
                 {
@@ -338,9 +340,10 @@ async def test_an_event_goes_to_each_live_reply_to_with_that_watchs_correlation_
     ids=["live", "stale", "refused"],
 )
 async def test_an_ack_detaches_the_watch_and_never_touches_a_dead_channel(
-    delivery: FakeDelivery, acks: int, logged: list[dict[str, Any]]
+    new_delivery: Callable[[], FakeDelivery], acks: int, logged: list[dict[str, Any]]
 ) -> None:
     """Detached first (its copy may be back already), acked only on a live channel."""
+    delivery = new_delivery()
     watch = make_watch(delivery)
     settler, _, record, idle = make(watch)
 
@@ -353,18 +356,19 @@ async def test_an_ack_detaches_the_watch_and_never_touches_a_dead_channel(
 
 
 @pytest.mark.parametrize(
-    ("delivery", "acks", "logged"),
+    ("new_delivery", "acks", "logged"),
     [
-        (FakeDelivery(), 1, ["watch.late_copy_settled"]),
-        (FakeDelivery(stale=True), 0, []),
-        (RefusingDelivery(), 0, ["watch.ack_failed", "watch.late_copy_settled"]),
+        (FakeDelivery, 1, ["watch.late_copy_settled"]),
+        (partial(FakeDelivery, stale=True), 0, []),
+        (RefusingDelivery, 0, ["watch.ack_failed", "watch.late_copy_settled"]),
     ],
     ids=["live", "stale", "refused"],
 )
 async def test_a_late_copy_is_acknowledged_and_nothing_else(
-    delivery: FakeDelivery, acks: int, logged: list[str]
+    new_delivery: Callable[[], FakeDelivery], acks: int, logged: list[str]
 ) -> None:
     """A copy of an ended watch: acked on a live channel, nothing published, job named in logs."""
+    delivery = new_delivery()
     watch = make_watch(delivery)
     settler, outbox, _, _ = make()
 
