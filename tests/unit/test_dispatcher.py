@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid as uuidlib
 
 import pytest
 
 from poller import checkpoint
+from poller import dispatcher as dispatcher_module
 from poller.dispatcher import Admission, Applied, Dispatcher
 from poller.models import Job, WatchRequest, error_body
 from poller.tracking import Gone, Progress, Refused, Seen, Unreachable
@@ -205,3 +208,30 @@ def test_checkpoint_round_trip() -> None:
         "w", 123.5, Progress("running", 2, "half", {"uuid": UUID, "state": "running"})
     )
     assert checkpoint.decode(checkpoint.encode(saved)) == saved
+
+
+async def test_a_burst_of_ends_is_published_a_bounded_number_at_a_time() -> None:
+    """Thousands of ends at once wait their turn; a change of another job does not wait on them."""
+    outbox = FakeOutbox(held_states=frozenset({"success"}))
+    dispatcher = Dispatcher("c1", outbox, clock=lambda: 1_700_000_000.0)
+    bound = dispatcher_module._ENDS_AT_ONCE
+    jobs = [str(uuidlib.uuid4()) for _ in range(bound + 10)]
+    running = str(uuidlib.uuid4())
+    deliveries = {job: FakeDelivery() for job in [*jobs, running]}
+    for job, delivery in deliveries.items():
+        watch = Watch(job, WatchRequest(job, "c1", None), delivery, 1e12, 0.0, key=job)
+        dispatcher.add(watch, Progress())
+
+    ends = [
+        asyncio.create_task(dispatcher.apply(j, Seen(Job({"uuid": j, "state": "success"}))))
+        for j in jobs
+    ]
+    for _ in range(20):  # every task as far as it gets
+        await asyncio.sleep(0)
+    assert outbox.waiting == bound
+    change = Seen(Job({"uuid": running, "state": "running"}))
+    assert await dispatcher.apply(running, change) is Applied.TAKEN
+
+    outbox.gate.set()
+    assert set(await asyncio.gather(*ends)) == {Applied.ENDED}
+    assert all(deliveries[j].acks == 1 for j in jobs)
