@@ -159,10 +159,14 @@ async def _relay_round(bench: Bench, n: int, i: int, sample: dict[str, Any]) -> 
         argv = [procs.PYTHON, str(RELAY), "--amqp-url", bench.plan.amqp_url]
         argv += ["--queue", names["watch_queue"], "--exchange", names["events_exchange"]]
         argv += ["--prefetch", str(max(10_000, n)), "--sample", str(sample_file)]
-        relay = procs.Child("relay", argv, bench.plan.workdir / f"relay-{n}-{i}.log", stdin=-1)
+        profile = bench.plan.workdir / f"profile-relay-{n}-{i}.json" if bench.plan.profile else None
+        log_path = bench.plan.workdir / f"relay-{n}-{i}.log"
+        relay = procs.Child("relay", procs.spied(argv, profile), log_path, stdin=-1)
         try:
             # Imports and connecting are not relaying: measured from the go signal on.
             await wait_for(lambda: "ready" in relay.log_path.read_text(), relay, 60)
+            if profile is not None:
+                relay.measure_the_spied()
             bench.start_meters(relay)
             assert relay.proc.stdin is not None
             relay.proc.stdin.write(b"go\n")

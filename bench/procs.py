@@ -93,6 +93,10 @@ class Child:
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, **popen)
         self.meter = Meter(self.proc.pid)
 
+    def measure_the_spied(self) -> None:
+        """Under py-spy: measure the recorded program, not py-spy."""
+        self.meter = Meter(psutil.Process(self.proc.pid).children()[0].pid)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -197,20 +201,24 @@ def _toml(value: bool) -> str:
 
 def start_worker(config: Path, http_port: int, log_path: Path, *, profile: Path | None) -> Child:
     """``python -m poller run`` (under py-spy when profiling); returns once /readyz answers 200."""
-    argv = [PYTHON, "-m", "poller", "run", "--config", str(config)]
-    if profile is not None:
-        spy = Path(PYTHON).with_name("py-spy")
-        record = ["record", "--rate", "100", "--format", "speedscope", "--output", str(profile)]
-        argv = [str(spy), *record, "--", *argv]
+    argv = spied([PYTHON, "-m", "poller", "run", "--config", str(config)], profile)
     # Only the file configures it: a stray POLLER_* variable would override the benchmark's values.
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
     env["POLLER_CONFIG"] = str(config)
     child = Child("worker", argv, log_path, env=env)
     wait_http(f"http://127.0.0.1:{http_port}/readyz", child)
     if profile is not None:
-        # Measure the worker itself, not py-spy.
-        child.meter = Meter(psutil.Process(child.proc.pid).children()[0].pid)
+        child.measure_the_spied()
     return child
+
+
+def spied(argv: list[str], profile: Path | None) -> list[str]:
+    """``argv`` recorded by py-spy into ``profile`` (speedscope JSON); as it is without one."""
+    if profile is None:
+        return argv
+    spy = Path(PYTHON).with_name("py-spy")
+    record = ["record", "--rate", "100", "--format", "speedscope", "--output", str(profile)]
+    return [str(spy), *record, "--", *argv]
 
 
 def scrape_metrics(http_port: int) -> dict[str, float]:

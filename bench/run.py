@@ -92,13 +92,22 @@ def plan_of(args: argparse.Namespace, workdir: Path) -> Plan:
     )
 
 
+def capacity_of(args: argparse.Namespace) -> int:
+    """Jobs in the capacity run: ``--capacity``, else the largest size."""
+    if args.capacity is not None:
+        return int(args.capacity)
+    if not args.sizes:
+        raise SystemExit("--sizes '' runs no mode: give --capacity N for the capacity run alone")
+    return max(args.sizes)
+
+
 def runs_of(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(mode, N) in the order they run: size by size, the peer only at its sizes."""
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"unknown modes: {sorted(unknown)} (known: {', '.join(MODES)})")
-    if "peer" in modes and not set(args.peer_sizes) & set(args.sizes):
+    if "peer" in modes and args.sizes and not set(args.peer_sizes) & set(args.sizes):
         log(f"the peer runs at none of the sizes: --peer-sizes {args.peer_sizes} not in --sizes")
     return [
         (mode, n) for n in args.sizes for mode in modes if mode != "peer" or n in args.peer_sizes
@@ -106,7 +115,7 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    runs = runs_of(args)
+    runs, capacity_n = runs_of(args), capacity_of(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="poller-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plan = plan_of(args, workdir)
@@ -127,7 +136,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     )
                     log(report.one_line(result))
                     results.append(result)
-                capacity_n = max(args.sizes) if args.capacity is None else args.capacity
                 if capacity_n:
                     log(f"capacity N={capacity_n} ...")
                     capacity = await run_capacity(bench, capacity_n)

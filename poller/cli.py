@@ -146,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
-        from poller.runner import run_worker
+        from poller.runner import run_worker, tune_gc
 
+        tune_gc()
         asyncio.run(run_worker(settings))
         return 0
     if args.command == "watch":

@@ -39,6 +39,12 @@ T = TypeVar("T")
 #: change together (a burst of first sightings, each an event and a checkpoint), the work queues
 #: here rather than in the event loop, and the end of a job is never stuck behind it.
 _CHANGES_AT_ONCE: Final = 64
+#: Ends are published this many at a time too, on their own: enough to keep the broker's
+#: confirms flowing, few enough that a burst of thousands of ends (requests for jobs that ended
+#: long ago) waits here, a hand-over each, rather than as thousands of publishes under way, each
+#: a chain of coroutines, futures and a timer in the AMQP client that the collector walks again
+#: and again.
+_ENDS_AT_ONCE: Final = 512
 #: A job whose watches all left (to be re-enqueued with a checkpoint) is kept this long, so that
 #: the copies coming back find its progress and its latest event.
 _EMPTY_GRACE_S: Final = 30.0
@@ -102,6 +108,7 @@ class Dispatcher:
         self._clock = clock
         self._records: dict[str, Record] = {}
         self._changes = asyncio.Semaphore(_CHANGES_AT_ONCE)
+        self._ends = asyncio.Semaphore(_ENDS_AT_ONCE)
         self._tasks = Background("dispatcher", cluster)
 
     def holds(self, job_uuid: str) -> bool:
@@ -152,7 +159,8 @@ class Dispatcher:
             if self._metrics is not None:
                 self._metrics.jobs_discovered.labels(self.cluster).inc()
         if tracking.ends_watches(observation):
-            return await self._apply(record, observation)
+            async with self._ends:
+                return await self._apply(record, observation)
         async with self._changes:
             return await self._apply(record, observation)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import sys
@@ -31,11 +32,17 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """Never log a password, a token or an Authorization header, nor credentials inside a URL."""
     for key, value in list(event_dict.items()):
-        if _SECRET_KEYS.search(key):
+        if _secret_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str) and "://" in value:
             event_dict[key] = redact_url(value)
     return event_dict
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    # Log lines reuse a few dozen keys: the pattern is searched once per key, not once per line.
+    return _SECRET_KEYS.search(key) is not None
 
 
 def redact_url(text: str) -> str:
@@ -67,7 +74,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=for_good,
     )
     handler = logging.StreamHandler(sys.stderr)

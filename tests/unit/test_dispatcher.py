@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid as uuidlib
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from poller import checkpoint
+from poller import dispatcher as dispatcher_module
 from poller.dispatcher import Admission, Applied, Dispatcher
 from poller.events import Envelope
 from poller.metrics import Metrics
@@ -704,3 +706,30 @@ async def test_a_copy_arriving_while_its_twin_expires_leaves_the_twin_to_its_exp
     await dispatcher.wait_idle()
 
     assert expiring.settled == ["ack"]
+
+
+async def test_a_burst_of_ends_is_published_a_bounded_number_at_a_time() -> None:
+    """Thousands of ends at once wait their turn; a change of another job does not wait on them."""
+    outbox = FakeOutbox(held_states=frozenset({"success"}))
+    dispatcher = Dispatcher("c1", outbox, clock=lambda: 1_700_000_000.0)
+    bound = dispatcher_module._ENDS_AT_ONCE
+    jobs = [str(uuidlib.uuid4()) for _ in range(bound + 10)]
+    running = str(uuidlib.uuid4())
+    deliveries = {job: FakeDelivery() for job in [*jobs, running]}
+    for job, delivery in deliveries.items():
+        watch = Watch(job, WatchRequest(job, "c1", None), delivery, 1e12, 0.0, key=job)
+        dispatcher.add(watch, Progress())
+
+    ends = [
+        asyncio.create_task(dispatcher.apply(j, Seen(Job({"uuid": j, "state": "success"}))))
+        for j in jobs
+    ]
+    for _ in range(20):  # every task as far as it gets
+        await asyncio.sleep(0)
+    assert outbox.waiting == bound
+    change = Seen(Job({"uuid": running, "state": "running"}))
+    assert await dispatcher.apply(running, change) is Applied.TAKEN
+
+    outbox.gate.set()
+    assert set(await asyncio.gather(*ends)) == {Applied.ENDED}
+    assert all(deliveries[j].acks == 1 for j in jobs)
