@@ -119,8 +119,8 @@ async def test_each_window_starts_a_second_before_the_last_answer_in_the_cluster
     ]
 
 
-async def test_without_a_date_header_the_window_reaches_back_from_the_clusters_last_end() -> None:
-    """A proxy strips Date: the feed never uses the worker's clock; the last end moves T."""
+async def test_without_any_date_header_no_ends_window_is_written_on_the_workers_clock() -> None:
+    """A proxy strips every Date: the cluster's time is unknown, so no ends window is asked for."""
     clock = FakeClock(LOCAL)
     cluster = Cluster(clock)
     cluster.dated = False
