@@ -454,13 +454,13 @@ def counted(metrics: Metrics) -> dict[tuple[str, str], float]:
     }
 
 
-def timed(metrics: Metrics) -> dict[str, float]:
-    """How many calls ontap_poller_ontap_request_seconds observed, by endpoint."""
+def timed(metrics: Metrics, sample: str = "_count") -> dict[str, float]:
+    """How many calls ontap_poller_ontap_request_seconds observed (or their sum), by endpoint."""
     (family,) = metrics.ontap_latency.collect()
     return {
         s.labels["endpoint"]: s.value
         for s in family.samples
-        if s.name.endswith("_count") and s.labels["cluster"] == "c1"
+        if s.name.endswith(sample) and s.labels["cluster"] == "c1"
     }
 
 
@@ -491,6 +491,7 @@ async def test_each_call_is_counted_by_endpoint_and_outcome(
     await client.read([JOB])
     assert counted(metrics) == expected
     assert timed(metrics) == {"single": len(answers)}
+    assert 0 <= timed(metrics, "_sum")["single"] < 5  # seconds the calls took, in memory
 
 
 async def test_batches_and_feed_queries_are_counted_under_their_own_endpoint() -> None:
@@ -511,30 +512,39 @@ async def test_batches_and_feed_queries_are_counted_under_their_own_endpoint() -
 
 
 async def test_a_retry_is_logged_with_its_attempt_and_wait() -> None:
-    """ontap.call_retrying: which attempt failed, and the wait before the next (Retry-After)."""
-    ontap = Ontap(error(503, **{"Retry-After": "0"}), error(429), ok())
+    """ontap.call_retrying: which attempt failed, why, and the wait before the next."""
+    busy = error(503, {"message": "Cluster is busy", "code": "2"}, **{"Retry-After": "0"})
+    ontap = Ontap(busy, httpx.ConnectError("connection refused"), ok())
     with capture_logs() as logs:
         await ontap.client(RetryPolicy.instant()).get_job(JOB)
     retries = [e for e in logs if e["event"] == "ontap.call_retrying"]
-    assert [(e["cluster"], e["attempt"], e["wait_s"]) for e in retries] == [
-        ("c1", 1, 0.0),
-        ("c1", 2, 0.0),
+    assert [(e["cluster"], e["attempt"], e["wait_s"], e["reason"]) for e in retries] == [
+        ("c1", 1, 0.0, "Cluster is busy"),
+        ("c1", 2, 0.0, "ConnectError: connection refused"),
     ]
 
 
 @pytest.mark.parametrize(
-    ("answer", "outcome"),
-    [(error(403, NOT_AUTHORIZED), "refused"), (error(503), "unreachable")],
+    ("answer", "outcome", "said"),
+    [
+        (error(403, NOT_AUTHORIZED), "refused", "HTTP 403: not authorized for that command"),
+        (error(503, {"message": "Cluster is busy", "code": "2"}), "unreachable", "Cluster is busy"),
+        (
+            httpx.ConnectError("connection refused"),
+            "unreachable",
+            "ConnectError: connection refused",
+        ),
+    ],
 )
-async def test_a_call_failing_for_good_is_logged_with_its_outcome(
-    answer: httpx.Response, outcome: str
+async def test_a_call_failing_for_good_is_logged_with_its_outcome_and_error(
+    answer: Answer, outcome: str, said: str
 ) -> None:
-    """ontap.call_failed says refused or unreachable, for a single read and for a batch."""
+    """ontap.call_failed: refused or unreachable, and the error (HTTP 401, ...), single or batch."""
     with capture_logs() as logs:
         await Ontap(answer).client(RetryPolicy.instant(attempts=1)).read([JOB])
         await Ontap(answer).client(RetryPolicy.instant(attempts=1)).read([JOB, OTHER])
     failed = [e for e in logs if e["event"] == "ontap.call_failed"]
-    assert [e["outcome"] for e in failed] == [outcome, outcome]
+    assert [(e["outcome"], e["error"]) for e in failed] == [(outcome, said), (outcome, said)]
     assert failed[1]["jobs"] == 2
 
 
@@ -547,16 +557,42 @@ async def test_an_unreadable_record_is_logged_and_skipped() -> None:
     assert OTHER in logs[0]["record"]
 
 
+async def test_a_huge_unreadable_record_is_logged_cut_to_200_characters() -> None:
+    """A proxy's megabyte of nonsense does not become a megabyte of log."""
+    with capture_logs() as logs:
+        await (
+            Ontap(page([{"uuid": OTHER, "junk": "x" * 10_000}]))
+            .client()
+            .query({}, endpoint="active")
+        )
+    assert len(logs[0]["record"]) == 200
+
+
 async def test_a_query_stops_after_100_pages_and_says_so() -> None:
     """A proxy linking to itself forever: 101 calls, the records read so far, ontap.pages_cut."""
-    ontap = Ontap(page([RECORD], "/api/cluster/jobs?state=running&offset=1"))
+    dated = {"Date": "Mon, 30 Nov 2026 07:21:44 GMT"}
+    ontap = Ontap(page([RECORD], "/api/cluster/jobs?state=running&offset=1", **dated))
     with capture_logs() as logs:
         answer = await ontap.client().query({"state": "running"}, endpoint="active")
     assert len(ontap.requests) == 101
     assert len(answer.jobs) == 101
-    assert [(e["event"], e["endpoint"], e["pages"]) for e in logs] == [
-        ("ontap.pages_cut", "active", 100)
+    assert answer.date == datetime(2026, 11, 30, 7, 21, 44, tzinfo=UTC).timestamp()
+    assert [(e["event"], e["cluster"], e["endpoint"], e["pages"]) for e in logs] == [
+        ("ontap.pages_cut", "c1", "active", 100)
     ]
+
+
+async def test_every_page_is_counted_under_the_querys_endpoint_and_may_refuse_the_filters() -> None:
+    """A next page is the same query: counted as such, and a 400 to it is FilterRefused."""
+    metrics = Metrics()
+    ontap = Ontap(page([RECORD], "/api/cluster/jobs?state=running&offset=1"), page([]), error(400))
+    http = httpx.AsyncClient(base_url=BASE, transport=httpx.MockTransport(ontap))
+    client = OntapClient("c1", http, retry=RetryPolicy.instant(), metrics=metrics)
+    await client.query({"state": "running"}, endpoint="active")
+    assert counted(metrics) == {("active", "ok"): 2}
+    ontap.answers = [page([RECORD], "/api/cluster/jobs?state=running&offset=1"), error(400)]
+    with pytest.raises(FilterRefused):
+        await client.query({"state": "running"}, endpoint="active")
 
 
 # --- the edges of the mapping -----------------------------------------------------------------
@@ -614,26 +650,32 @@ async def test_an_answer_without_ontaps_error_object_gets_one_composed(
     assert observations[JOB].error == expected  # type: ignore[union-attr]
 
 
+REDIRECT = "redirect not followed; check the cluster's url"
+
+
 @pytest.mark.parametrize(
-    ("status", "raised"),
+    ("status", "raised", "said"),
     [
-        (300, OntapRefused),
-        (399, OntapRefused),
-        (400, FilterRefused),
-        (404, JobNotFound),
-        (425, OntapUnavailable),
-        (499, OntapRefused),
-        (500, OntapUnavailable),
+        (300, OntapRefused, f"HTTP 300: {REDIRECT}"),
+        (399, OntapRefused, f"HTTP 399: {REDIRECT}"),
+        (400, FilterRefused, "HTTP 400: x"),
+        (404, JobNotFound, "x"),
+        (425, OntapUnavailable, "x"),
+        (499, OntapRefused, "HTTP 499: x"),
+        (500, OntapUnavailable, "x"),
     ],
 )
 async def test_the_status_of_a_querys_answer_decides_the_error(
-    status: int, raised: type[Exception]
+    status: int, raised: type[Exception], said: str
 ) -> None:
-    """The boundaries of each family of statuses, for the feed's queries."""
+    """The boundaries of each family of statuses, for the feed's queries, and what is logged."""
     ontap = Ontap(error(status))
     with pytest.raises(raised) as caught:
         await ontap.client(RetryPolicy.instant(attempts=1)).query({}, endpoint="ends")
     assert type(caught.value) is raised
+    assert str(caught.value) == said  # the error of feed.filters_refused and feed.refused
+    if isinstance(caught.value, OntapRefused):
+        assert caught.value.status == status
 
 
 async def test_a_query_asks_for_pages_of_ten_thousand_records() -> None:
@@ -648,6 +690,13 @@ async def test_a_next_link_that_is_not_one_ends_the_query(href: object) -> None:
     """_links.next without a usable href: the answer so far, no further call."""
     body = {"records": [RECORD], "_links": {"next": {"href": href}}}
     ontap = Ontap(ok(body), page([]))
+    answer = await ontap.client().query({}, endpoint="active")
+    assert len(ontap.requests) == 1 and [j.uuid for j in answer.jobs] == [JOB]
+
+
+async def test_links_that_are_not_an_object_end_the_query() -> None:
+    """_links as a string (a proxy's idea): the answer so far, no further call."""
+    ontap = Ontap(ok({"records": [RECORD], "_links": "none"}), page([]))
     answer = await ontap.client().query({}, endpoint="active")
     assert len(ontap.requests) == 1 and [j.uuid for j in answer.jobs] == [JOB]
 
@@ -700,3 +749,69 @@ def test_a_cluster_is_given_request_timeout_and_at_most_10_s_to_connect(
     assert client.timeout == httpx.Timeout(timeout_s, connect=connect_s)
     assert client.headers["Accept"] == "application/json"
     asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (httpx.ConnectError("connection refused"), "ConnectError: connection refused"),
+        (httpx.ReadTimeout(""), "ReadTimeout"),
+        (httpx.Response(200, text="<html/>"), "HTTP 200 answer is not JSON"),
+        (ok({"uuid": JOB}), "unreadable answer: job record lacks uuid or state"),
+    ],
+)
+async def test_a_read_that_found_no_job_tells_why_in_ontaps_shape(
+    failure: Answer, message: str
+) -> None:
+    """The error of the watch.error body: the failure named, in ONTAP's error shape."""
+    observations = await Ontap(failure).client(RetryPolicy.instant(attempts=1)).read([JOB])
+    assert observations == {JOB: Unreachable({"message": message, "code": "0"})}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        error(503, {"message": "Cluster is busy", "code": "2"}, **{"Retry-After": "7"}),
+        ok({"no": "records"}),
+        ok(["not", "an", "object"]),
+    ],
+)
+async def test_a_batch_that_cannot_be_read_is_unreachable_for_each_of_its_jobs(
+    answer: httpx.Response,
+) -> None:
+    """ONTAP's error and Retry-After for every job of the batch, or a composed error."""
+    observations = await Ontap(answer).client(RetryPolicy.instant(attempts=1)).read([JOB, OTHER])
+    expected = (
+        Unreachable({"message": "Cluster is busy", "code": "2"}, 7.0)
+        if answer.status_code == 503
+        else Unreachable({"message": "no records in answer", "code": "0"})
+    )
+    assert observations == {JOB: expected, OTHER: expected}
+
+
+async def test_the_backoff_doubles_from_initial_wait_up_to_max_wait(sleeps: list[float]) -> None:
+    """No Retry-After, no jitter: 10 ms, 20 ms, then the 30 ms cap."""
+    policy = RetryPolicy(attempts=5, total_s=30, initial_wait_s=0.01, max_wait_s=0.03, jitter_s=0)
+    with pytest.raises(OntapUnavailable):
+        await Ontap(error(500)).client(policy).get_job(JOB)
+    assert sleeps == pytest.approx([0.01, 0.02, 0.03, 0.03])
+
+
+async def test_failures_ontap_did_not_describe_are_logged_in_their_own_words() -> None:
+    """A bare 400 to the filters, an error object without a message, an unreadable job or batch."""
+    with pytest.raises(FilterRefused) as refused:
+        await Ontap(httpx.Response(400)).client().query({}, endpoint="ends")
+    assert str(refused.value) == "HTTP 400: HTTP 400 Bad Request"  # feed.filters_refused's error
+
+    wordless = httpx.Response(503, json={"error": {"code": "2"}})
+    with capture_logs() as logs:
+        await Ontap(wordless, ok()).client(RetryPolicy.instant()).get_job(JOB)
+        await Ontap(ok({"uuid": JOB})).client().read([JOB])
+        await (
+            Ontap(ok({"no": "records"})).client(RetryPolicy.instant(attempts=1)).read([JOB, OTHER])
+        )
+    assert [(e["event"], e.get("reason") or e.get("error")) for e in logs] == [
+        ("ontap.call_retrying", "transient failure"),
+        ("ontap.call_failed", f"unreadable job {JOB}"),
+        ("ontap.call_failed", "unreadable collection"),
+    ]
