@@ -219,6 +219,8 @@ async def test_a_cluster_that_refuses_the_filters_is_read_by_uuid_and_says_so_on
             feed_enabled = rig.metrics.feed_enabled.labels("c1")._value.get()
 
     assert [e["event"] for e in logs].count("feed.filters_refused") == 1
+    (refused,) = [e for e in logs if e["event"] == "feed.filters_refused"]
+    assert refused["error"].startswith("HTTP 400: ") and refused["fallback"] == "uuid batches"
     assert feed_enabled == 0
     assert rig.outbox.routing_keys().count("job.c1.success") == 5
     assert "uuid" in rig.transport.queries()[-1]
@@ -276,3 +278,33 @@ async def test_intermediate_states_are_published_in_order() -> None:
             rig.clock.advance(1)
         await rig.until(lambda: rig.finished(job))
     assert rig.outbox.routing_keys() == [f"job.c1.{s['state']}" for s in steps]
+
+
+async def test_jobs_the_feed_accounted_for_are_read_by_uuid_once_the_filters_are_refused() -> None:
+    """A proxy put in front of a working cluster: the watched jobs the feed told of still end."""
+    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+        watches = rig.watch_jobs(jobs(rig.sim, 5, timeline(10)))
+        await rig.until(lambda: len(rig.outbox.events) == 5)
+        await asyncio.sleep(0.3)  # the feed accounts for them: no read by uuid any more
+        reads = rig.transport.by_uuid()
+        rig.sim.configure(refuse_filters=True)
+        rig.clock.advance(11)
+        await rig.until(lambda: all(rig.finished(w.request.uuid) for w in watches))
+    assert rig.outbox.routing_keys().count("job.c1.success") == 5
+    assert rig.transport.by_uuid() > reads
+
+
+@pytest.mark.parametrize(("feed", "warned"), [(False, 1), (True, 0)])
+async def test_discovery_without_the_feed_says_it_cannot_discover(feed: bool, warned: int) -> None:
+    """discovery.without_feed, naming the cluster, when discovery meets a cluster read by uuid."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with cluster_rig(feed=feed) as rig:
+            rig.cluster.scheduler.discover(True)
+            rig.cluster.scheduler.discover(True)  # holding the lease already: nothing new to say
+    said = [e for e in logs if e["event"] == "discovery.without_feed"]
+    assert (
+        said
+        == [{"event": "discovery.without_feed", "cluster": "c1", "log_level": "warning"}] * warned
+    )
