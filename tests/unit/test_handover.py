@@ -113,6 +113,7 @@ async def test_one_hand_over_at_a_time_and_the_newest_record_goes_next() -> None
     r.sink.gate.set()
     await r.settle()
     assert r.sink.states() == ["running", "queued"]
+    assert [u for u, _, _ in r.sink.applied] == [A, A]
     assert not r.handovers.busy(A)
     assert r.wakes  # the scheduler looks again once a hand-over ends
 
@@ -167,6 +168,7 @@ async def test_what_the_sink_could_not_take_is_offered_again_after_retry_s_as_th
     r.handovers.offer_again(1000.0 + RETRY_S)
     await r.settle()
     assert r.sink.states() == ["running", "paused"]
+    assert [u for u, _, _ in r.sink.applied] == [A, A]
     assert r.handovers.next_at() is None
 
 
