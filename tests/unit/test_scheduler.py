@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
-from poller.ontap import batch_size
+from poller.dispatcher import Applied
+from poller.models import Job
+from poller.ontap import Answer, batch_size
+from poller.scheduler import ClusterScheduler
 from poller.simulator import Simulator
 from poller.simulator.testing import FakeClock
+from poller.tracking import Observation, Policy, Seen
 from tests.fakes import FakeOutbox
 from tests.rig import PASSWORD, USER, cluster_rig
 
@@ -308,3 +314,78 @@ async def test_discovery_without_the_feed_says_it_cannot_discover(feed: bool, wa
         said
         == [{"event": "discovery.without_feed", "cluster": "c1", "log_level": "warning"}] * warned
     )
+
+
+# --- against a scripted ONTAP and dispatcher ----------------------------------------------------
+
+
+class ScriptedOntap:
+    """Reads by uuid: the first raises (a bug below the scheduler), the next block until let go."""
+
+    cluster = "c1"
+
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.read_again = asyncio.Event()
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
+        self.reads.append(list(job_uuids))
+        if len(self.reads) == 1:
+            raise RuntimeError("a bug")
+        self.read_again.set()
+        await self.gate.wait()
+        return {u: Seen(Job({"uuid": u, "state": "running"})) for u in job_uuids}
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
+        raise AssertionError("the feed is off")
+
+
+class HeldSink:
+    """The dispatcher's side: holds each hand-over until let go."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+        self.gate = asyncio.Event()
+        self.handed = asyncio.Event()
+
+    async def apply(
+        self, job_uuid: str, observation: Observation, *, discovered: bool = False
+    ) -> Applied:
+        self.applied.append(job_uuid)
+        self.handed.set()
+        await self.gate.wait()
+        return Applied.TAKEN
+
+    def note_reachable(self, error: dict[str, Any] | None) -> None: ...
+
+    def forget_discovered(self) -> None: ...
+
+    def holds(self, job_uuid: str) -> bool:
+        return True
+
+
+async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so_meanwhile() -> (
+    None
+):
+    """A read raising is read again at once; while read, and while handed over, it is `reading`."""
+    ontap, sink = ScriptedOntap(), HeldSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy, feed=False)
+    job = str(uuid.UUID(int=1))
+    task = asyncio.create_task(scheduler.run())
+    try:
+        scheduler.want(job, fresh=True)
+        await asyncio.wait_for(ontap.read_again.wait(), 5)
+        assert ontap.reads == [[job], [job]]
+        assert scheduler.reading(job)  # the second read is under way
+        ontap.gate.set()
+        await asyncio.wait_for(sink.handed.wait(), 5)
+        assert scheduler.reading(job)  # what it read is on its way to the dispatcher
+        sink.gate.set()
+        await scheduler.wait_idle()
+        await asyncio.sleep(0)
+        assert not scheduler.reading(job)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
