@@ -197,17 +197,21 @@ async def test_a_window_taken_from_the_workers_clock_would_miss_every_end() -> N
 
 async def test_jobs_nobody_watches_are_never_published() -> None:
     """Active and recently ended jobs of the cluster stay unpublished; the watched one is."""
-    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
-        jobs(rig.sim, 30, timeline(1))
-        watched = rig.sim.create_job(timeline=timeline(3))
-        rig.clock.advance(2)  # the others have ended, recently
-        rig.watch_jobs([watched])
-        await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
-        rig.clock.advance(2)
-        await rig.until(lambda: rig.finished(watched))
-        await asyncio.sleep(0.3)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+            jobs(rig.sim, 30, timeline(1))
+            watched = rig.sim.create_job(timeline=timeline(3))
+            rig.clock.advance(2)  # the others have ended, recently
+            rig.watch_jobs([watched])
+            await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
+            rig.clock.advance(2)
+            await rig.until(lambda: rig.finished(watched))
+            await asyncio.sleep(0.3)
 
     assert {e.headers["ce-subject"] for e in rig.outbox.events} == {watched}
+    assert [e for e in logs if e["log_level"] == "error"] == []  # no task failed on the way
 
 
 async def test_a_cluster_that_refuses_the_filters_is_read_by_uuid_and_says_so_once() -> None:
