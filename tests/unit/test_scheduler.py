@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from poller.dispatcher import Applied
+from poller.errors import OntapRefused, OntapUnavailable
 from poller.models import Job
 from poller.ontap import Answer, batch_size
 from poller.scheduler import ClusterScheduler
 from poller.simulator import Simulator
 from poller.simulator.testing import FakeClock
-from poller.tracking import Observation, Policy, Seen
+from poller.tracking import Observation, Policy, Refused, Seen
 from tests.fakes import FakeOutbox
 from tests.rig import PASSWORD, USER, cluster_rig
 
@@ -393,3 +394,98 @@ async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class FeedOntap:
+    """A cluster whose reads by uuid say running and whose feed queries fail as told."""
+
+    cluster = "c1"
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
+        return {u: Seen(Job({"uuid": u, "state": "running"})) for u in job_uuids}
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
+        raise self.failure
+
+
+class RecordingSink:
+    """The dispatcher's side: every observation and every word on reachability, in order."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, Observation, bool]] = []
+        self.reachable: list[dict[str, Any] | None] = []
+        self.refused = asyncio.Event()
+
+    async def apply(
+        self, job_uuid: str, observation: Observation, *, discovered: bool = False
+    ) -> Applied:
+        self.applied.append((job_uuid, observation, discovered))
+        if isinstance(observation, Refused):
+            self.refused.set()
+        return Applied.TAKEN
+
+    def note_reachable(self, error: dict[str, Any] | None) -> None:
+        self.reachable.append(error)
+
+    def forget_discovered(self) -> None: ...
+
+    def holds(self, job_uuid: str) -> bool:
+        return True
+
+
+async def run_until(scheduler: ClusterScheduler, done: Callable[[], bool]) -> None:
+    """Run the scheduler until ``done`` holds (polled: nothing here signals it), 5 s at most."""
+    task = asyncio.create_task(scheduler.run())
+    try:
+        async with asyncio.timeout(5):
+            while not done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_feed_query_refused_ends_every_watched_job_with_the_refusal() -> None:
+    """401 to the feed: feed.refused, and each watched job handed ONTAP's error as refused."""
+    from structlog.testing import capture_logs
+
+    error = {"message": "not authorized for that command", "code": "6"}
+    ontap = FeedOntap(OntapRefused("HTTP 401: not authorized for that command", error=error))
+    sink = RecordingSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy)
+    watched = [str(uuid.UUID(int=n)) for n in (1, 2)]
+    with capture_logs() as logs:
+        for job in watched:
+            scheduler.want(job, fresh=True)
+        await run_until(
+            scheduler,
+            lambda: {u for u, o, _ in sink.applied if isinstance(o, Refused)} == set(watched),
+        )
+    refusals = [(u, o, d) for u, o, d in sink.applied if isinstance(o, Refused)]
+    assert sorted(refusals) == sorted((u, Refused(error), False) for u in watched)
+    said = [e for e in logs if e["event"] == "feed.refused"]
+    assert said and said[0]["endpoint"] == "active"
+    assert said[0]["error"] == "HTTP 401: not authorized for that command"
+
+
+async def test_a_feed_query_failing_says_so_and_tells_the_dispatcher_the_cluster_is_unreachable() -> (
+    None
+):
+    """Retries spent: feed.call_failed, and the dispatcher told ONTAP's error for deadlines."""
+    from structlog.testing import capture_logs
+
+    error = {"message": "Cluster is busy", "code": "2"}
+    ontap = FeedOntap(OntapUnavailable("Cluster is busy", error=error))
+    sink = RecordingSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy)
+    with capture_logs() as logs:
+        scheduler.want(str(uuid.UUID(int=1)), fresh=True)
+        await run_until(scheduler, lambda: bool(sink.reachable))
+    assert sink.reachable[0] == error
+    said = [e for e in logs if e["event"] == "feed.call_failed"]
+    assert said[0]["endpoint"] == "active" and said[0]["error"] == "Cluster is busy"
