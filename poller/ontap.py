@@ -393,6 +393,8 @@ def _retry_after(value: str | None) -> float | None:
 
 def batch_size(base_url: str, max_url_bytes: int = 4096) -> int:
     """How many UUIDs fit in one collection call with the URL under ``max_url_bytes``."""
-    fixed = len(base_url) + len(JOBS_PATH) + len("?uuid=&fields=&max_records=10000") + len(_FIELDS)
+    # The URL as sent, without UUIDs: the commas of ``fields`` go percent-encoded.
+    params = {"uuid": "", "fields": _FIELDS, "max_records": str(PAGE_RECORDS)}
+    fixed = len(str(httpx.URL(base_url + JOBS_PATH, params=params)))
     per_uuid = 36 + 3  # a UUID and its "|", percent-encoded
     return max(1, (max_url_bytes - fixed) // per_uuid)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from poller.feed import WINDOW_MARGIN_S, ClusterClock, EndsWindow, JobView
+from poller.feed import WINDOW_MARGIN_S, ClusterClock, EndsWindow, JobView, ontap_time
 from poller.models import Job
 
 #: The worker's clock in these tests; clusters are ahead of it or behind it.
@@ -179,3 +179,95 @@ def test_discovery_makes_every_record_news_again() -> None:
         view.handed_over(record)
     view.forget_handovers()
     assert view.news(A) is not None and view.news(B) is not None
+
+
+# --- what the feed reads of ONTAP's times, and of the view ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-30T02:21:44-05:00", datetime(2026, 11, 30, 7, 21, 44, tzinfo=UTC)),
+        ("2026-11-30T07:21:44Z", datetime(2026, 11, 30, 7, 21, 44, tzinfo=UTC)),
+        ("2026-11-30T12:51:44+05:30", datetime(2026, 11, 30, 7, 21, 44, tzinfo=UTC)),
+        ("2026-11-30T07:21:44", None),  # no zone: which clock it is on cannot be known
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+        (1764487304, None),
+    ],
+)
+def test_ontap_times_are_read_with_their_zone_or_not_at_all(
+    value: object, expected: datetime | None
+) -> None:
+    """An ONTAP time names its zone; one without, or unreadable, is no time at all."""
+    assert ontap_time(value) == expected
+
+
+def test_a_running_jobs_start_time_tells_the_clusters_zone() -> None:
+    """No end yet: the start_time's zone is the one windows are written in."""
+    clock = ClusterClock()
+    clock.learn_zone(job(A, "running", start_time="2026-11-30T06:50:00-05:00"))
+    assert clock.render(LOCAL - 420) == "2026-11-30T06:53:00-05:00"
+
+
+def test_a_time_without_a_zone_teaches_no_zone() -> None:
+    """A zoneless time is skipped: the next time the record shows decides, or UTC stays."""
+    clock = ClusterClock()
+    clock.learn_zone(
+        job(
+            A,
+            "success",
+            end_time="2026-11-30T06:55:00",
+            start_time="2026-11-30T06:50:00-05:00",
+        )
+    )
+    assert clock.render(LOCAL - 420) == "2026-11-30T06:53:00-05:00"
+
+
+def test_the_view_holds_the_latest_record_of_each_job() -> None:
+    """get: the last record shown, whether handed over or not; None for a job never shown."""
+    view = JobView()
+    running, paused = job(A, "running"), job(A, "paused")
+    view.record(running, LOCAL)
+    view.handed_over(running)
+    view.record(paused, LOCAL)
+    assert view.get(A) is paused
+    assert view.get(B) is None
+
+
+def test_a_forgotten_job_is_news_again_and_forgetting_twice_is_harmless() -> None:
+    """forget: the job leaves the view; a job the view never held is no error."""
+    view = JobView()
+    running = job(A, "running")
+    view.record(running, LOCAL)
+    view.handed_over(running)
+    view.forget(A)
+    view.forget(A)
+    view.forget(B)
+    assert A not in view and len(view) == 0
+    assert view.record(running, LOCAL)  # shown again: news, as for a job never seen
+
+
+def test_handing_over_a_job_the_view_no_longer_holds_leaves_nothing_waiting() -> None:
+    """Forgotten during its hand-over: no newer record can be waiting."""
+    view = JobView()
+    assert view.handed_over(job(A, "running")) is False
+
+
+def test_an_end_seen_late_is_dated_by_its_end_time_not_by_when_it_was_seen() -> None:
+    """Ended 200 s before the first window showed it: ONTAP purges it 100 s later, not 300 s."""
+    view = JobView(purge_window_s=300)
+    end = datetime.fromtimestamp(LOCAL - 200, timezone(timedelta(hours=-5))).isoformat()
+    view.record(job(A, "success", end_time=end), LOCAL)
+    assert view.forget_purged(LOCAL + 100) == 0
+    assert view.forget_purged(LOCAL + 100 + WINDOW_MARGIN_S + 1) == 1
+
+
+def test_an_end_is_kept_up_to_the_purge_window_and_its_margin_exactly() -> None:
+    """At purge window plus margin to the second the job stays; it goes only after that."""
+    view = JobView(purge_window_s=300)
+    end = datetime.fromtimestamp(LOCAL, UTC).isoformat()
+    view.record(job(A, "success", end_time=end), LOCAL)
+    assert view.forget_purged(LOCAL + 300 + WINDOW_MARGIN_S) == 0
+    assert view.forget_purged(LOCAL + 300 + WINDOW_MARGIN_S + 0.5) == 1

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 
-from poller.ontap import batch_size
+from poller.dispatcher import Applied
+from poller.errors import OntapRefused, OntapUnavailable
+from poller.models import Job
+from poller.ontap import Answer, batch_size
+from poller.scheduler import ClusterScheduler
 from poller.simulator import Simulator
 from poller.simulator.testing import FakeClock
+from poller.tracking import Observation, Policy, Refused, Seen
 from tests.fakes import FakeOutbox
 from tests.rig import PASSWORD, USER, cluster_rig
 
@@ -191,17 +198,21 @@ async def test_a_window_taken_from_the_workers_clock_would_miss_every_end() -> N
 
 async def test_jobs_nobody_watches_are_never_published() -> None:
     """Active and recently ended jobs of the cluster stay unpublished; the watched one is."""
-    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
-        jobs(rig.sim, 30, timeline(1))
-        watched = rig.sim.create_job(timeline=timeline(3))
-        rig.clock.advance(2)  # the others have ended, recently
-        rig.watch_jobs([watched])
-        await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
-        rig.clock.advance(2)
-        await rig.until(lambda: rig.finished(watched))
-        await asyncio.sleep(0.3)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+            jobs(rig.sim, 30, timeline(1))
+            watched = rig.sim.create_job(timeline=timeline(3))
+            rig.clock.advance(2)  # the others have ended, recently
+            rig.watch_jobs([watched])
+            await rig.until(lambda: rig.outbox.routing_keys() == ["job.c1.running"])
+            rig.clock.advance(2)
+            await rig.until(lambda: rig.finished(watched))
+            await asyncio.sleep(0.3)
 
     assert {e.headers["ce-subject"] for e in rig.outbox.events} == {watched}
+    assert [e for e in logs if e["log_level"] == "error"] == []  # no task failed on the way
 
 
 async def test_a_cluster_that_refuses_the_filters_is_read_by_uuid_and_says_so_once() -> None:
@@ -219,6 +230,8 @@ async def test_a_cluster_that_refuses_the_filters_is_read_by_uuid_and_says_so_on
             feed_enabled = rig.metrics.feed_enabled.labels("c1")._value.get()
 
     assert [e["event"] for e in logs].count("feed.filters_refused") == 1
+    (refused,) = [e for e in logs if e["event"] == "feed.filters_refused"]
+    assert refused["error"].startswith("HTTP 400: ") and refused["fallback"] == "uuid batches"
     assert feed_enabled == 0
     assert rig.outbox.routing_keys().count("job.c1.success") == 5
     assert "uuid" in rig.transport.queries()[-1]
@@ -276,3 +289,203 @@ async def test_intermediate_states_are_published_in_order() -> None:
             rig.clock.advance(1)
         await rig.until(lambda: rig.finished(job))
     assert rig.outbox.routing_keys() == [f"job.c1.{s['state']}" for s in steps]
+
+
+async def test_jobs_the_feed_accounted_for_are_read_by_uuid_once_the_filters_are_refused() -> None:
+    """A proxy put in front of a working cluster: the watched jobs the feed told of still end."""
+    async with cluster_rig(poll_interval_min=0.05, poll_interval_max=0.1) as rig:
+        watches = rig.watch_jobs(jobs(rig.sim, 5, timeline(10)))
+        await rig.until(lambda: len(rig.outbox.events) == 5)
+        await asyncio.sleep(0.3)  # the feed accounts for them: no read by uuid any more
+        reads = rig.transport.by_uuid()
+        rig.sim.configure(refuse_filters=True)
+        rig.clock.advance(11)
+        await rig.until(lambda: all(rig.finished(w.request.uuid) for w in watches))
+    assert rig.outbox.routing_keys().count("job.c1.success") == 5
+    assert rig.transport.by_uuid() > reads
+
+
+@pytest.mark.parametrize(("feed", "warned"), [(False, 1), (True, 0)])
+async def test_discovery_without_the_feed_says_it_cannot_discover(feed: bool, warned: int) -> None:
+    """discovery.without_feed, naming the cluster, when discovery meets a cluster read by uuid."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with cluster_rig(feed=feed) as rig:
+            rig.cluster.scheduler.discover(True)
+            rig.cluster.scheduler.discover(True)  # holding the lease already: nothing new to say
+    said = [e for e in logs if e["event"] == "discovery.without_feed"]
+    assert (
+        said
+        == [{"event": "discovery.without_feed", "cluster": "c1", "log_level": "warning"}] * warned
+    )
+
+
+# --- against a scripted ONTAP and dispatcher ----------------------------------------------------
+
+
+class ScriptedOntap:
+    """Reads by uuid: the first raises (a bug below the scheduler), the next block until let go."""
+
+    cluster = "c1"
+
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.read_again = asyncio.Event()
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
+        self.reads.append(list(job_uuids))
+        if len(self.reads) == 1:
+            raise RuntimeError("a bug")
+        self.read_again.set()
+        await self.gate.wait()
+        return {u: Seen(Job({"uuid": u, "state": "running"})) for u in job_uuids}
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
+        raise AssertionError("the feed is off")
+
+
+class HeldSink:
+    """The dispatcher's side: holds each hand-over until let go."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+        self.gate = asyncio.Event()
+        self.handed = asyncio.Event()
+
+    async def apply(
+        self, job_uuid: str, observation: Observation, *, discovered: bool = False
+    ) -> Applied:
+        self.applied.append(job_uuid)
+        self.handed.set()
+        await self.gate.wait()
+        return Applied.TAKEN
+
+    def note_reachable(self, error: dict[str, Any] | None) -> None: ...
+
+    def forget_discovered(self) -> None: ...
+
+    def holds(self, job_uuid: str) -> bool:
+        return True
+
+
+async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so_meanwhile() -> (
+    None
+):
+    """A read raising is read again at once; while read, and while handed over, it is `reading`."""
+    ontap, sink = ScriptedOntap(), HeldSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy, feed=False)
+    job = str(uuid.UUID(int=1))
+    task = asyncio.create_task(scheduler.run())
+    try:
+        scheduler.want(job, fresh=True)
+        await asyncio.wait_for(ontap.read_again.wait(), 5)
+        assert ontap.reads == [[job], [job]]
+        assert scheduler.reading(job)  # the second read is under way
+        ontap.gate.set()
+        await asyncio.wait_for(sink.handed.wait(), 5)
+        assert scheduler.reading(job)  # what it read is on its way to the dispatcher
+        sink.gate.set()
+        await scheduler.wait_idle()
+        await asyncio.sleep(0)
+        assert not scheduler.reading(job)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class FeedOntap:
+    """A cluster whose reads by uuid say running and whose feed queries fail as told."""
+
+    cluster = "c1"
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
+        return {u: Seen(Job({"uuid": u, "state": "running"})) for u in job_uuids}
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
+        raise self.failure
+
+
+class RecordingSink:
+    """The dispatcher's side: every observation and every word on reachability, in order."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, Observation, bool]] = []
+        self.reachable: list[dict[str, Any] | None] = []
+        self.refused = asyncio.Event()
+
+    async def apply(
+        self, job_uuid: str, observation: Observation, *, discovered: bool = False
+    ) -> Applied:
+        self.applied.append((job_uuid, observation, discovered))
+        if isinstance(observation, Refused):
+            self.refused.set()
+        return Applied.TAKEN
+
+    def note_reachable(self, error: dict[str, Any] | None) -> None:
+        self.reachable.append(error)
+
+    def forget_discovered(self) -> None: ...
+
+    def holds(self, job_uuid: str) -> bool:
+        return True
+
+
+async def run_until(scheduler: ClusterScheduler, done: Callable[[], bool]) -> None:
+    """Run the scheduler until ``done`` holds (polled: nothing here signals it), 5 s at most."""
+    task = asyncio.create_task(scheduler.run())
+    try:
+        async with asyncio.timeout(5):
+            while not done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_feed_query_refused_ends_every_watched_job_with_the_refusal() -> None:
+    """401 to the feed: feed.refused, and each watched job handed ONTAP's error as refused."""
+    from structlog.testing import capture_logs
+
+    error = {"message": "not authorized for that command", "code": "6"}
+    ontap = FeedOntap(OntapRefused("HTTP 401: not authorized for that command", error=error))
+    sink = RecordingSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy)
+    watched = [str(uuid.UUID(int=n)) for n in (1, 2)]
+    with capture_logs() as logs:
+        for job in watched:
+            scheduler.want(job, fresh=True)
+        await run_until(
+            scheduler,
+            lambda: {u for u, o, _ in sink.applied if isinstance(o, Refused)} == set(watched),
+        )
+    refusals = [(u, o, d) for u, o, d in sink.applied if isinstance(o, Refused)]
+    assert sorted(refusals) == sorted((u, Refused(error), False) for u in watched)
+    said = [e for e in logs if e["event"] == "feed.refused"]
+    assert said and said[0]["endpoint"] == "active"
+    assert said[0]["error"] == "HTTP 401: not authorized for that command"
+
+
+async def test_a_feed_query_failing_says_so_and_tells_the_dispatcher_the_cluster_is_unreachable() -> (
+    None
+):
+    """Retries spent: feed.call_failed, and the dispatcher told ONTAP's error for deadlines."""
+    from structlog.testing import capture_logs
+
+    error = {"message": "Cluster is busy", "code": "2"}
+    ontap = FeedOntap(OntapUnavailable("Cluster is busy", error=error))
+    sink = RecordingSink()
+    policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
+    scheduler = ClusterScheduler(ontap, sink, policy)
+    with capture_logs() as logs:
+        scheduler.want(str(uuid.UUID(int=1)), fresh=True)
+        await run_until(scheduler, lambda: bool(sink.reachable))
+    assert sink.reachable[0] == error
+    said = [e for e in logs if e["event"] == "feed.call_failed"]
+    assert said[0]["endpoint"] == "active" and said[0]["error"] == "Cluster is busy"
