@@ -14,6 +14,7 @@ import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Final, TextIO
 from urllib.parse import unquote, urlsplit
 
@@ -96,11 +97,21 @@ def _sigterm_as_sigint() -> Iterator[None]:
     if not in_main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _as_ctrl_c(_signum: int, frame: FrameType | None) -> None:
+    # What Ctrl-C would do: asyncio's own handler (cancel the main task, then KeyboardInterrupt),
+    # or KeyboardInterrupt itself. Not by raising SIGINT: a process started in the background
+    # (`demo &`, nohup) ignores SIGINT, and SIGTERM would then stop nothing.
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 @contextlib.contextmanager

@@ -29,9 +29,13 @@ def demo_env(port: int) -> dict[str, str]:
     return env
 
 
-def start_demo(port: int) -> subprocess.Popen[str]:
+def start_demo(port: int, *, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """``sigint_ignored``: as a shell starts a command in the background (`demo &`, nohup)."""
+    command = [sys.executable, "-m", "poller", "demo"]
+    if sigint_ignored:  # an ignored signal stays ignored across exec
+        command = ["sh", "-c", 'trap "" INT && exec "$@"', "sh", *command]
     return subprocess.Popen(
-        [sys.executable, "-m", "poller", "demo"],
+        command,
         env=demo_env(port),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -80,14 +84,25 @@ def test_demo_on_a_free_local_port_runs_its_own_broker_and_removes_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sig", "running"),
-    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True)],
-    ids=["ctrl-c-while-booting", "ctrl-c", "sigterm"],
+    ("sig", "running", "in_background"),
+    [
+        (signal.SIGINT, False, False),
+        (signal.SIGINT, True, False),
+        (signal.SIGTERM, True, False),
+        (signal.SIGTERM, True, True),
+    ],
+    ids=["ctrl-c-while-booting", "ctrl-c", "sigterm", "sigterm-in-background"],
 )
-def test_demo_interrupted_stops_and_removes_its_broker(sig: signal.Signals, running: bool) -> None:
-    """Ctrl-C (or SIGTERM) while the node boots or the demo runs: the node goes, and its directory."""
+def test_demo_interrupted_stops_and_removes_its_broker(
+    sig: signal.Signals, running: bool, in_background: bool
+) -> None:
+    """Ctrl-C (or SIGTERM) while the node boots or the demo runs: the node goes, and its directory.
+
+    Started in the background, the demo ignores Ctrl-C, as every command does there; SIGTERM must
+    still stop it.
+    """
     port = free_port()
-    demo = start_demo(port)
+    demo = start_demo(port, sigint_ignored=in_background)
     try:
         assert demo.stdout is not None
         first = demo.stdout.readline()
