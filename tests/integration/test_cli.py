@@ -35,16 +35,20 @@ def cli_env(amqp_url: str, names, **extra: str) -> dict[str, str]:
     return env
 
 
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def start_cli(
+    *args: str,
+    env: dict[str, str],
+    stdout: int = asyncio.subprocess.PIPE,
+    stderr: int = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """``ontap-job-poller ARGS`` as a process of its own."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poller", *args, env=env, stdout=stdout, stderr=stderr
     )
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await start_cli(*args, env=env)
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
@@ -131,18 +135,13 @@ async def test_events_prints_bound_events_as_json_lines_and_stops_on_sigint(
     """`events --bind K...` prints each event routed by K as one JSON line; SIGINT exits 0."""
     simulator, base_url = sim
     await start_worker(make_settings(amqp_url, names, {"c1": cluster(base_url)}))
-    events = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
+    events = await start_cli(
         "events",
         "--bind",
         "job.*.success",
         "--bind",
         "watch.*.not_found",
         env=cli_env(amqp_url, names),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     assert events.stdout is not None
     lines: list[str] = []
@@ -259,18 +258,8 @@ async def test_run_worker_process_end_to_end(sim, names, amqp_url, subscribe) ->
         POLLER_POLL_INTERVAL_MIN="0.2",
         POLLER_POLL_INTERVAL_MAX="0.5",
     )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await start_cli("run", env=env)
     try:
-        from tests.integration.conftest import wait_for_queue
-
         await wait_for_queue(amqp_url, names.watch_queue)
         events, _ = await subscribe(names.events_exchange, "#")
         code, _, _ = await run_cli("watch", job, env=cli_env(amqp_url, names))
@@ -328,15 +317,7 @@ async def test_http_port_0_turns_the_ops_server_off_and_the_worker_still_works(
         POLLER_ONTAP_NAME="c1",
         POLLER_POLL_INTERVAL_MIN="0.2",
     )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await start_cli("run", env=env, stdout=asyncio.subprocess.DEVNULL)
     try:
         await wait_for_queue(amqp_url, names.watch_queue)
         events, _ = await subscribe(names.events_exchange, "#")
@@ -375,10 +356,7 @@ async def test_three_terminals_simulate_run_watch(names, amqp_url, tmp_path) -> 
         port = probe.getsockname()[1]
     secret = tmp_path / "password"
     secret.write_text("netapp1!\n")  # as a Docker secret: with its trailing newline
-    simulate = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
+    simulate = await start_cli(
         "simulate",
         "--port",
         str(port),
@@ -394,14 +372,8 @@ async def test_three_terminals_simulate_run_watch(names, amqp_url, tmp_path) -> 
         POLLER_ONTAP_PASSWORD_FILE=str(secret),
         POLLER_POLL_INTERVAL_MIN="0.2",
     )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "poller",
-        "run",
-        env=run_env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    worker = await start_cli(
+        "run", env=run_env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
