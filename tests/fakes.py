@@ -129,9 +129,10 @@ class ScriptedCluster:
     read_failure: BaseException | None = None
     query_failure: BaseException | None = None
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
-    #: (when, uuids read) and (when, endpoint) of every call, in order.
+    #: (when, uuids read) and (when, endpoint) of every call, in order; the filters of each query.
     reads: list[tuple[float, list[str]]] = field(default_factory=list)
     queries: list[tuple[float, str]] = field(default_factory=list)
+    filters: list[dict[str, str]] = field(default_factory=list)
 
     def hold(self, endpoint: str) -> asyncio.Event:
         """Calls to ``endpoint`` wait until the event returned is set."""
@@ -148,6 +149,7 @@ class ScriptedCluster:
 
     async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
         self.queries.append((self.clock(), endpoint))
+        self.filters.append(dict(filters))
         if endpoint in self.gates:
             await self.gates[endpoint].wait()
         if self.query_failure is not None:
@@ -162,9 +164,11 @@ class ScriptedCluster:
 @dataclass
 class ScriptedSink:
     """The dispatcher's side of the scheduler (``handover.Sink``): every observation handed over,
-    answered as ``answers`` say (then TAKEN); the jobs it holds watches of are ``held``."""
+    answered as ``answers`` say (then TAKEN), once ``gate`` (if any) is set; the jobs it holds
+    watches of are ``held``."""
 
     answers: list[Applied] = field(default_factory=list)
+    gate: asyncio.Event | None = None
     held: set[str] = field(default_factory=set)
     applied: list[tuple[str, Observation, bool]] = field(default_factory=list)
     reachable: list[dict[str, Any] | None] = field(default_factory=list)
@@ -174,6 +178,8 @@ class ScriptedSink:
         self, job_uuid: str, observation: Observation, *, discovered: bool = False
     ) -> Applied:
         self.applied.append((job_uuid, observation, discovered))
+        if self.gate is not None:
+            await self.gate.wait()
         return self.answers.pop(0) if self.answers else Applied.TAKEN
 
     def note_reachable(self, error: dict[str, Any] | None) -> None:

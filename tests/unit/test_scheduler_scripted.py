@@ -68,12 +68,20 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def running(*, feed: bool = True, batch_size: int = 101) -> AsyncIterator[Rig]:
+async def running(
+    *, feed: bool = True, batch_size: int = 101, purge_window_s: float = 300.0
+) -> AsyncIterator[Rig]:
     """A scheduler running on a fake clock at T0, against a scripted cluster ``c1``."""
     clock = FakeClock(T0)
     cluster, sink = ScriptedCluster(clock), ScriptedSink()
     scheduler = ClusterScheduler(
-        cluster, sink, POLICY, feed=feed, batch_size=batch_size, clock=clock
+        cluster,
+        sink,
+        POLICY,
+        feed=feed,
+        batch_size=batch_size,
+        purge_window_s=purge_window_s,
+        clock=clock,
     )
     task = asyncio.create_task(scheduler.run())
     rig = Rig(clock, cluster, sink, scheduler)
@@ -190,6 +198,38 @@ async def test_returning_watches_are_handed_what_changed_while_they_were_away() 
     assert rig.reads() == []
 
 
+async def test_a_watch_of_a_job_the_feed_accounts_for_does_not_bring_the_next_round_forward() -> (
+    None
+):
+    """Rounds backed off to 2 s apart: a watch of X, listed in the last one, leaves the next at 3 s."""
+    async with running() as rig:
+        rig.cluster.active = [job(W), job(X)]
+        rig.want(W)
+        await rig.at(0.0)
+        await rig.at(1.0)
+        rig.clock.now = T0 + 1.5
+        rig.want(X)
+        await rig.at(2.5)
+        await rig.at(2.875)
+        assert [t for t, kind in rig.queries() if kind == "active"] == [0.0, 1.0]
+        await rig.at(3.0)
+    assert [t for t, kind in rig.queries() if kind == "active"] == [0.0, 1.0, 3.0]
+    assert rig.sink.applied == [(W, Seen(job(W)), False), (X, Seen(job(X)), False)]
+
+
+async def test_a_new_watch_brings_the_next_round_forward() -> None:
+    """Rounds backed off to 2 s apart: a watch of a job not listed at 1.5 s, a round at 2.5 s."""
+    async with running() as rig:
+        rig.cluster.active = [job(W)]
+        rig.want(W)
+        await rig.at(0.0)
+        await rig.at(1.0)
+        rig.clock.now = T0 + 1.5
+        rig.want(X)
+        await rig.at(2.5)
+    assert [t for t, kind in rig.queries() if kind == "active"] == [0.0, 1.0, 2.5]
+
+
 async def test_a_returning_watch_keeps_its_jobs_place_in_the_read_schedule() -> None:
     """Without the feed: a job read at 0.25 s is read again at 1.25 s, its watch away or not."""
     async with running(feed=False) as rig:
@@ -294,6 +334,20 @@ async def test_reads_back_off_while_the_job_is_unchanged_and_come_soon_after_a_c
         Seen(job(A, message="10%")),
         Seen(job(A, message="20%")),
     ]
+
+
+async def test_the_next_read_counts_from_when_the_read_was_made_not_when_it_answered() -> None:
+    """Read at 0.25 s, answered at 0.5 s: read again at 1.25 s, so jobs read together stay so."""
+    async with running(feed=False) as rig:
+        rig.cluster.jobs = {A: job(A)}
+        gate = rig.cluster.hold("read")
+        rig.want(A)
+        await rig.at(0.25)
+        rig.clock.now = T0 + 0.5
+        gate.set()
+        await rig.settle()
+        await rig.at(1.25)
+    assert rig.reads() == [(0.25, [A]), (1.25, [A])]
 
 
 async def test_a_job_dropped_while_it_is_read_is_neither_handed_over_nor_remembered() -> None:
@@ -410,6 +464,47 @@ async def test_without_the_feed_a_job_back_within_away_s_is_handed_its_last_reco
         rig.want(A)
         await rig.settle()
     assert rig.sink.applied == [(A, Seen(job(A)), False)] * 2
+
+
+async def test_what_the_dispatcher_could_not_take_is_offered_again_retry_s_later() -> None:
+    """Refused at 0.25 s (the broker, or watches away): offered again at 2.25 s, read or not."""
+    async with running(feed=False) as rig:
+        rig.sink.answers = [Applied.RETRY]
+        rig.cluster.jobs = {A: job(A)}
+        rig.want(A)
+        await rig.at(0.25)
+        rig.cluster.hold("read")  # the next read, at 1.25 s, does not answer
+        await rig.at(1.25)
+        await rig.at(2.125)
+        assert len(rig.sink.applied) == 1
+        await rig.at(0.25 + RETRY_S)
+    assert rig.sink.applied == [(A, Seen(job(A)), False)] * 2
+
+
+async def test_a_newer_record_arriving_during_a_hand_over_goes_right_after_it() -> None:
+    """The dispatcher is slow with A running; the next round shows 50%: that goes next."""
+    async with running() as rig:
+        rig.sink.gate = asyncio.Event()
+        rig.cluster.active = [job(A)]
+        rig.want(A)
+        await rig.at(0.0)
+        rig.cluster.active = [job(A, message="50%")]
+        await rig.at(1.0)
+        assert len(rig.sink.applied) == 1
+        rig.sink.gate.set()
+        await rig.settle()
+    assert rig.sink.applied == [(A, Seen(job(A)), False), (A, Seen(job(A, message="50%")), False)]
+
+
+async def test_the_first_ends_window_reaches_back_over_the_purge_window_given() -> None:
+    """purge_window_s 60: the first end_time>= is the cluster's now (2 days behind) less 60 s."""
+    async with running(purge_window_s=60.0) as rig:
+        rig.want(A)
+        await rig.at(0.0)
+    assert rig.cluster.filters[:2] == [
+        {"state": "queued|running|paused"},
+        {"end_time": ">=2026-11-26T19:30:04+00:00"},
+    ]
 
 
 async def test_a_dropped_jobs_refused_hand_over_is_not_offered_again() -> None:
