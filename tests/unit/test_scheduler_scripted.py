@@ -18,9 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from poller.dispatcher import Applied
+from poller.errors import FilterRefused
 from poller.handover import RETRY_S
 from poller.metrics import Metrics
-from poller.models import Job
+from poller.models import Job, error_body
 from poller.reads import AWAY_S
 from poller.scheduler import ClusterScheduler
 from poller.simulator.testing import T0, FakeClock
@@ -348,6 +349,21 @@ async def test_the_next_read_counts_from_when_the_read_was_made_not_when_it_answ
         await rig.settle()
         await rig.at(1.25)
     assert rig.reads() == [(0.25, [A]), (1.25, [A])]
+
+
+async def test_a_job_read_by_uuid_the_feed_then_accounts_for_is_read_at_once_on_fallback() -> None:
+    """B read at 0.25 s is left to the feed; the filters refused at 1 s: B is read at 1 s."""
+    async with running() as rig:
+        rig.cluster.jobs = {B: job(B)}
+        rig.want(B)
+        await rig.at(0.0)  # an active round that does not list B yet
+        await rig.at(0.25)
+        assert rig.reads() == [(0.25, [B])]
+        rig.cluster.query_failure = FilterRefused(
+            "HTTP 400: Invalid value", error=error_body("Invalid value", code="262179")
+        )
+        await rig.at(1.0)
+    assert rig.reads() == [(0.25, [B]), (1.0, [B])]
 
 
 async def test_a_job_dropped_while_it_is_read_is_neither_handed_over_nor_remembered() -> None:
