@@ -116,7 +116,8 @@ class ScriptedCluster:
     Reads by uuid answer each job's record in ``jobs`` (a uuid missing there: 404); the feed's
     queries answer ``active`` and ``ends``, dated by the cluster's clock, ``behind_s`` behind the
     worker's. Every call is kept, with the worker's time it was made at. A gate in ``gates``
-    (by endpoint: ``read``, ``active``, ``ends``) holds those calls until it is set.
+    (by endpoint: ``read``, ``active``, ``ends``) holds those calls until it is set. Like a call
+    over the network, each one lets other tasks run before it answers.
     """
 
     clock: Callable[[], float]
@@ -141,6 +142,7 @@ class ScriptedCluster:
 
     async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
         self.reads.append((self.clock(), list(job_uuids)))
+        await asyncio.sleep(0)
         if "read" in self.gates:
             await self.gates["read"].wait()
         if self.read_failure is not None:
@@ -150,6 +152,7 @@ class ScriptedCluster:
     async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
         self.queries.append((self.clock(), endpoint))
         self.filters.append(dict(filters))
+        await asyncio.sleep(0)
         if endpoint in self.gates:
             await self.gates[endpoint].wait()
         if self.query_failure is not None:

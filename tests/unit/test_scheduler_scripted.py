@@ -362,8 +362,10 @@ async def test_a_job_read_by_uuid_the_feed_then_accounts_for_is_read_at_once_on_
         rig.cluster.query_failure = FilterRefused(
             "HTTP 400: Invalid value", error=error_body("Invalid value", code="262179")
         )
-        await rig.at(1.0)
+        with capture_logs() as logs:
+            await rig.at(1.0)
     assert rig.reads() == [(0.25, [B]), (1.0, [B])]
+    assert [(e["event"], e["log_level"]) for e in logs] == [("feed.filters_refused", "warning")]
 
 
 async def test_a_job_dropped_while_it_is_read_is_neither_handed_over_nor_remembered() -> None:
