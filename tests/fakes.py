@@ -1,16 +1,21 @@
-"""The test doubles of the unit tests, one home for each: deliveries, the outbox, a terminal."""
+"""The test doubles of the unit tests, one home for each: deliveries, the outbox, a terminal, a
+scripted cluster and dispatcher for the scheduler."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from poller.dispatcher import Applied
 from poller.errors import BrokerError
 from poller.events import Envelope
+from poller.models import Job, error_body
+from poller.ontap import Answer
+from poller.tracking import Gone, Observation, Seen
 from poller.watch import Watch
 
 
@@ -98,3 +103,93 @@ class FakeTTY(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+#: ONTAP's answer to a uuid it does not know.
+NOT_FOUND = error_body("entry doesn't exist", code="4", target="uuid")
+
+
+@dataclass
+class ScriptedCluster:
+    """One cluster's ONTAP as the scheduler calls it (``scheduler.Reader``), scripted.
+
+    Reads by uuid answer each job's record in ``jobs`` (a uuid missing there: 404); the feed's
+    queries answer ``active`` and ``ends``, dated by the cluster's clock, ``behind_s`` behind the
+    worker's. Every call is kept, with the worker's time it was made at. A gate in ``gates``
+    (by endpoint: ``read``, ``active``, ``ends``) holds those calls until it is set. Like a call
+    over the network, each one lets other tasks run before it answers.
+    """
+
+    clock: Callable[[], float]
+    cluster: str = "c1"
+    behind_s: float = 2 * 86400
+    jobs: dict[str, Job] = field(default_factory=dict)
+    active: list[Job] = field(default_factory=list)
+    ends: list[Job] = field(default_factory=list)
+    #: Raised by every read by uuid, and by every feed query.
+    read_failure: BaseException | None = None
+    query_failure: BaseException | None = None
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: (when, uuids read) and (when, endpoint) of every call, in order; the filters of each query.
+    reads: list[tuple[float, list[str]]] = field(default_factory=list)
+    queries: list[tuple[float, str]] = field(default_factory=list)
+    filters: list[dict[str, str]] = field(default_factory=list)
+
+    def hold(self, endpoint: str) -> asyncio.Event:
+        """Calls to ``endpoint`` wait until the event returned is set."""
+        gate = self.gates[endpoint] = asyncio.Event()
+        return gate
+
+    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
+        self.reads.append((self.clock(), list(job_uuids)))
+        await asyncio.sleep(0)
+        if "read" in self.gates:
+            await self.gates["read"].wait()
+        if self.read_failure is not None:
+            raise self.read_failure
+        return {u: Seen(self.jobs[u]) if u in self.jobs else Gone(NOT_FOUND) for u in job_uuids}
+
+    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
+        self.queries.append((self.clock(), endpoint))
+        self.filters.append(dict(filters))
+        await asyncio.sleep(0)
+        if endpoint in self.gates:
+            await self.gates[endpoint].wait()
+        if self.query_failure is not None:
+            raise self.query_failure
+        jobs = self.active if endpoint == "active" else self.ends
+        return Answer(list(jobs), self.clock() - self.behind_s)
+
+    def read_uuids(self) -> list[list[str]]:
+        return [uuids for _, uuids in self.reads]
+
+
+@dataclass
+class ScriptedSink:
+    """The dispatcher's side of the scheduler (``handover.Sink``): every observation handed over,
+    answered as ``answers`` say (then TAKEN), once ``gate`` (if any) is set; the jobs it holds
+    watches of are ``held``."""
+
+    answers: list[Applied] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    held: set[str] = field(default_factory=set)
+    applied: list[tuple[str, Observation, bool]] = field(default_factory=list)
+    reachable: list[dict[str, Any] | None] = field(default_factory=list)
+    forgot_discovered: int = 0
+
+    async def apply(
+        self, job_uuid: str, observation: Observation, *, discovered: bool = False
+    ) -> Applied:
+        self.applied.append((job_uuid, observation, discovered))
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.answers.pop(0) if self.answers else Applied.TAKEN
+
+    def note_reachable(self, error: dict[str, Any] | None) -> None:
+        self.reachable.append(error)
+
+    def forget_discovered(self) -> None:
+        self.forgot_discovered += 1
+
+    def holds(self, job_uuid: str) -> bool:
+        return job_uuid in self.held
