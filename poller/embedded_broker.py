@@ -14,7 +14,6 @@ import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Final, TextIO
 from urllib.parse import unquote, urlsplit
 
@@ -93,25 +92,25 @@ def private_broker(urls: str | Sequence[str], out: TextIO) -> Iterator[RabbitNod
 
 @contextlib.contextmanager
 def _sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM takes Ctrl-C's way out (asyncio cancels, ``finally`` blocks run), not a hard exit."""
+    """SIGTERM takes Ctrl-C's way out (asyncio cancels, ``finally`` blocks run), not a hard exit.
+
+    A shell starts a command in the background (`demo &`, nohup) with SIGINT ignored, and asyncio
+    then leaves Ctrl-C alone: SIGTERM, turned into SIGINT, would stop nothing. So SIGINT is handled
+    here in any case; the demo is stopped by either.
+    """
     if not in_main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _as_ctrl_c(_signum: int, frame: FrameType | None) -> None:
-    # What Ctrl-C would do: asyncio's own handler (cancel the main task, then KeyboardInterrupt),
-    # or KeyboardInterrupt itself. Not by raising SIGINT: a process started in the background
-    # (`demo &`, nohup) ignores SIGINT, and SIGTERM would then stop nothing.
-    handler = signal.getsignal(signal.SIGINT)
-    if not callable(handler):
-        raise KeyboardInterrupt
-    handler(signal.SIGINT, frame)
+        if previous_int is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
