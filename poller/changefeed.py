@@ -176,7 +176,9 @@ class ChangeFeed:
 
     async def _query(self, filters: dict[str, str], *, endpoint: str) -> Answer:
         answer = await self._ontap.query(filters, endpoint=endpoint)
-        self.cluster_clock.observe(answer.date, self._clock())
+        local_now = self._clock()
+        self.cluster_clock.observe(answer.date, local_now)
+        self.cluster_clock.observe_times(answer.jobs, local_now)
         if self._window.since is None:
             # The feed starts: its first window reaches back over what ONTAP still holds.
             self.look_back()

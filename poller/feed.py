@@ -5,8 +5,8 @@ a whole cluster, however many jobs it runs: ``end_time=>=T`` for the jobs that e
 tick, and ``state=queued|running|paused`` for the active set, less often. This module holds what
 those answers mean, with no I/O and no clock of its own:
 
-- ``ClusterClock``: the cluster's time as its ``Date`` header shows it, and the zone it writes its
-  times in. Clusters' clocks drift and clusters render times in their own zone, so a window
+- ``ClusterClock``: the cluster's time as its ``Date`` header shows it (or, without one, as the
+  latest time it returned), and the zone it writes its times in. Clusters' clocks drift and clusters render times in their own zone, so a window
   written on the worker's clock can miss every end.
 - ``EndsWindow``: where the next ``end_time=>=T`` query starts; it overlaps the previous one by a
   margin, and ``JobView`` drops what the overlap repeats.
@@ -53,15 +53,38 @@ def ontap_time(value: object) -> datetime | None:
 class ClusterClock:
     """The cluster's clock, as learned from its answers; never the worker's own."""
 
-    #: Cluster time minus local time when the last ``Date`` header arrived; None until one did.
+    #: Cluster time minus local time: from the last ``Date`` header, or, while none came, from the
+    #: latest time the cluster returned; None until either did.
     offset_s: float | None = None
     #: The zone the cluster writes its times in, learned from the times it returns.
     zone: tzinfo = UTC
+    #: A ``Date`` header arrived: it alone sets the offset from then on.
+    dated: bool = False
 
     def observe(self, date: float | None, local_now: float) -> None:
         """Take the ``Date`` of an answer received at ``local_now`` (on the worker's clock)."""
         if date is not None:
             self.offset_s = date - local_now
+            self.dated = True
+
+    def observe_times(self, jobs: list[Job], local_now: float) -> None:
+        """Without any ``Date`` (a proxy strips it), the times an answer shows bound the cluster's.
+
+        A job's ``start_time`` or ``end_time`` is no later than the cluster's now when it answered,
+        so the latest of them is a now that errs early: windows written from it reach back further
+        than needed, and the overlap is dropped as any other.
+        """
+        if self.dated:
+            return
+        times = [
+            t.timestamp()
+            for job in jobs
+            for name in ("start_time", "end_time")
+            if (t := ontap_time(job.raw.get(name))) is not None
+        ]
+        if times:
+            latest = max(times) - local_now
+            self.offset_s = latest if self.offset_s is None else max(self.offset_s, latest)
 
     def learn_zone(self, job: Job) -> None:
         """Write later windows in the zone of the times this job shows."""

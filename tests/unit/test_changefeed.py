@@ -120,7 +120,8 @@ async def test_each_window_starts_a_second_before_the_last_answer_in_the_cluster
 
 
 async def test_without_any_date_header_no_ends_window_is_written_on_the_workers_clock() -> None:
-    """A proxy strips every Date: the cluster's time is unknown, so no ends window is asked for."""
+    """A proxy strips every Date and no job shows a time: the cluster's time is unknown, so no ends
+    window is asked for."""
     clock = FakeClock(LOCAL)
     cluster = Cluster(clock)
     cluster.dated = False
@@ -129,6 +130,33 @@ async def test_without_any_date_header_no_ends_window_is_written_on_the_workers_
     await run_due(feed, clock)
     assert feed.due(clock()) == []  # no cluster time known: no window to ask for
     assert feed.cluster_now() is None
+
+
+async def test_without_any_date_header_the_latest_time_shown_is_the_clusters_now() -> None:
+    """A proxy strips every Date: the latest start or end time an answer shows bounds the cluster's
+    now, so the first window reaches back 300 s from the start time the active set showed, and the
+    next starts a second before the latest end."""
+    clock = FakeClock(LOCAL)
+    cluster = Cluster(clock)
+    cluster.dated = False
+    cluster.active = [job(A, "running", start_time="2026-11-28T06:59:30-05:00")]
+    cluster.ends = [
+        job(
+            B,
+            "success",
+            start_time="2026-11-28T06:59:50-05:00",
+            end_time="2026-11-28T07:00:10-05:00",
+        )
+    ]
+    feed = feed_of(cluster)
+    await drive(feed, clock, until_s=1.5)
+    assert [filters for kind, filters in cluster.calls if kind == "ends"] == [
+        {"end_time": ">=2026-11-28T06:54:30-05:00"},  # at 0.5 s: A's start, less 300 s
+        {"end_time": ">=2026-11-28T07:00:09-05:00"},  # at 1.5 s: B's end, less 1 s
+    ]
+    # B's end, shown at 0.5 s, is the latest time seen: 1.5 s later (now), the cluster is 1.5 s on.
+    ended = datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC).timestamp()
+    assert feed.cluster_now() == pytest.approx(ended + 1.5, abs=1e-6)
 
 
 # --- timing -------------------------------------------------------------------------------------

@@ -43,6 +43,26 @@ def test_an_answer_without_a_date_leaves_the_clock_as_it_was() -> None:
     assert clock.now(LOCAL + 5) == LOCAL - 415
 
 
+def test_without_any_date_the_latest_time_shown_is_the_clusters_now_until_a_date_comes() -> None:
+    """Times only raise the estimate (an older one says nothing new); a Date then overrules them."""
+    clock = ClusterClock()
+    clock.observe_times([job(A, "running")], LOCAL)  # no time shown: nothing learnt
+    assert clock.now(LOCAL) is None
+    clock.observe_times(
+        [
+            job(A, "running", start_time="2026-11-30T06:52:00-05:00"),  # 11:52 UTC
+            job(B, "success", end_time="2026-11-30T11:53:00Z"),
+        ],
+        LOCAL,
+    )
+    assert clock.now(LOCAL + 2) == LOCAL - 420 + 2
+    clock.observe_times([job(A, "success", end_time="2026-11-30T11:50:00Z")], LOCAL + 2)
+    assert clock.now(LOCAL + 2) == LOCAL - 420 + 2
+    clock.observe(LOCAL - 600, LOCAL + 2)
+    clock.observe_times([job(B, "success", end_time="2026-11-30T11:59:00Z")], LOCAL + 2)
+    assert clock.now(LOCAL + 2) == LOCAL - 600
+
+
 @pytest.mark.parametrize(
     ("seen", "rendered"),
     [
