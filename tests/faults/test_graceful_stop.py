@@ -15,15 +15,17 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.mark.timeout(180)
-async def test_sigterm_exits_0_and_another_worker_finishes_the_watches(
-    broker, names, sim, workers, events, publish
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_exits_0_and_another_worker_finishes_the_watches(
+    broker, names, sim, workers, events, publish, signal_name
 ) -> None:
-    """20 running jobs, SIGTERM: exit status 0 in 10 s, unfinished requests back, then all end."""
+    """20 running jobs, then SIGTERM (or Ctrl-C's SIGINT): exit status 0 in 10 s, unfinished
+    requests back, then all end."""
     simulator, base_url = sim
     config = worker_config(broker, names, clusters={"c1": cluster_table(base_url)})
     first = workers(config, name="first")
     await first.wait_ready()
-    jobs = create_jobs(simulator, 20, random.Random(8), runs_for_s=(10.0, 16.0))
+    jobs = create_jobs(simulator, 20, random.Random(8), runs_for_s=(10.0, 16.0), failure_rate=0.5)
     for job in jobs:
         await publish(names.watch_queue, {"uuid": job.uuid})
     await events.wait_for(
@@ -31,57 +33,24 @@ async def test_sigterm_exits_0_and_another_worker_finishes_the_watches(
         timeout_s=60,
     )
 
-    first.terminate()
-    unfinished = len(jobs) - len(events.finals())
+    stop = first.terminate if signal_name == "SIGTERM" else first.interrupt
+    stop()
     # The contract's bound (INTERFACE §6), not a speed measurement: 10 s is ample.
-    assert await first.wait_exit(10) == 0
+    code = await first.wait_exit(10)
+    assert code == 0, f"exit status {code} on {signal_name}, not 0: {first.output()[-1500:]}"
+    await asyncio.sleep(0.5)  # the last events it published reach the test's queue
+    unfinished = len(jobs) - len(events.finals())
     assert unfinished >= 10, "too few jobs were still running to test anything"
     # Unfinished watches were left to the broker, not acknowledged.
-    assert await queue_depth(broker.url, names.watch_queue) >= len(jobs) - len(events.finals())
+    assert await queue_depth(broker.url, names.watch_queue) >= unfinished
+    signals = [r.get("signal") for r in first.records() if r.get("event") == "worker.signal"]
+    assert signals == [signal_name]
     assert first.log_events()[-1] == "worker.stopped"
     assert first.problems() == []
 
     second = workers(config, name="second")
     await second.wait_ready()
     await events.wait_for(lambda _: len(events.finals()) == len(jobs), timeout_s=90)
-    await settled([second], broker.url, names.watch_queue)
-    assert_complete(events, jobs)
-    assert second.problems() == []
-
-
-@pytest.mark.timeout(120)
-async def test_sigint_stops_the_worker_as_sigterm_does(
-    broker, names, sim, workers, events, publish
-) -> None:
-    """Ctrl-C (SIGINT) mid-run: exit status 0 in 10 s, unfinished requests back, then all end."""
-    simulator, base_url = sim
-    config = worker_config(broker, names, clusters={"c1": cluster_table(base_url)})
-    first = workers(config, name="first")
-    await first.wait_ready()
-    jobs = create_jobs(simulator, 6, random.Random(9), runs_for_s=(8.0, 10.0), failure_rate=0.5)
-    for job in jobs:
-        await publish(names.watch_queue, {"uuid": job.uuid})
-    await events.wait_for(
-        lambda es: len({e.subject for e in es if e.routing_key == "job.c1.running"}) == len(jobs),
-        timeout_s=30,
-    )
-
-    first.interrupt()
-    code = await first.wait_exit(10)
-    assert code == 0, f"exit status {code} on SIGINT, not 0: {first.output()[-1500:]}"
-    await asyncio.sleep(0.5)  # the last events it published reach the test's queue
-    unfinished = len(jobs) - len(events.finals())
-    assert unfinished >= 3, "too few jobs were still running to test anything"
-    # Unfinished watches were left to the broker, not acknowledged.
-    assert await queue_depth(broker.url, names.watch_queue) >= unfinished
-    signals = [r.get("signal") for r in first.records() if r.get("event") == "worker.signal"]
-    assert signals == ["SIGINT"]
-    assert first.log_events()[-1] == "worker.stopped"
-    assert first.problems() == []
-
-    second = workers(config, name="second")
-    await second.wait_ready()
-    await events.wait_for(lambda _: len(events.finals()) == len(jobs), timeout_s=60)
     await settled([second], broker.url, names.watch_queue)
     assert_complete(events, jobs)
     assert second.problems() == []
