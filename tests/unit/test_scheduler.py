@@ -7,13 +7,12 @@ process, on a cluster clock two days behind the worker's that only the test move
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import pytest
 
-from poller.dispatcher import Applied
 from poller.errors import OntapRefused, OntapUnavailable
 from poller.models import Job
 from poller.ontap import Answer, batch_size
@@ -21,7 +20,7 @@ from poller.scheduler import ClusterScheduler
 from poller.simulator import Simulator
 from poller.simulator.testing import FakeClock
 from poller.tracking import Observation, Policy, Refused, Seen
-from tests.fakes import FakeOutbox
+from tests.fakes import FakeOutbox, ScriptedCluster, ScriptedSink
 from tests.rig import PASSWORD, USER, cluster_rig
 
 RUNNING = [{"after": 0, "state": "running", "message": "Working"}]
@@ -346,38 +345,15 @@ class ScriptedOntap:
         raise AssertionError("the feed is off")
 
 
-class HeldSink:
-    """The dispatcher's side: holds each hand-over until let go."""
-
-    def __init__(self) -> None:
-        self.applied: list[str] = []
-        self.gate = asyncio.Event()
-        self.handed = asyncio.Event()
-
-    async def apply(
-        self, job_uuid: str, observation: Observation, *, discovered: bool = False
-    ) -> Applied:
-        self.applied.append(job_uuid)
-        self.handed.set()
-        await self.gate.wait()
-        return Applied.TAKEN
-
-    def note_reachable(self, error: dict[str, Any] | None) -> None: ...
-
-    def forget_discovered(self) -> None: ...
-
-    def holds(self, job_uuid: str) -> bool:
-        return True
-
-
 async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so_meanwhile() -> (
     None
 ):
     """A read raising is read again at once; while read, and while handed over, it is `reading`."""
-    ontap, sink = ScriptedOntap(), HeldSink()
+    ontap, sink = ScriptedOntap(), ScriptedSink(gate=asyncio.Event())
     policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
     scheduler = ClusterScheduler(ontap, sink, policy, feed=False)
     job = str(uuid.UUID(int=1))
+    sink.held.add(job)
     task = asyncio.create_task(scheduler.run())
     try:
         scheduler.want(job, fresh=True)
@@ -385,7 +361,9 @@ async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so
         assert ontap.reads == [[job], [job]]
         assert scheduler.reading(job)  # the second read is under way
         ontap.gate.set()
-        await asyncio.wait_for(sink.handed.wait(), 5)
+        async with asyncio.timeout(5):
+            while not sink.applied:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         assert scheduler.reading(job)  # what it read is on its way to the dispatcher
         sink.gate.set()
         await scheduler.wait_idle()
@@ -396,44 +374,10 @@ async def test_a_read_that_failed_unexpectedly_is_made_again_and_reading_says_so
         await asyncio.gather(task, return_exceptions=True)
 
 
-class FeedOntap:
-    """A cluster whose reads by uuid say running and whose feed queries fail as told."""
-
-    cluster = "c1"
-
-    def __init__(self, failure: Exception) -> None:
-        self.failure = failure
-
-    async def read(self, job_uuids: Sequence[str]) -> dict[str, Observation]:
-        return {u: Seen(Job({"uuid": u, "state": "running"})) for u in job_uuids}
-
-    async def query(self, filters: Mapping[str, str], *, endpoint: str) -> Answer:
-        raise self.failure
-
-
-class RecordingSink:
-    """The dispatcher's side: every observation and every word on reachability, in order."""
-
-    def __init__(self) -> None:
-        self.applied: list[tuple[str, Observation, bool]] = []
-        self.reachable: list[dict[str, Any] | None] = []
-        self.refused = asyncio.Event()
-
-    async def apply(
-        self, job_uuid: str, observation: Observation, *, discovered: bool = False
-    ) -> Applied:
-        self.applied.append((job_uuid, observation, discovered))
-        if isinstance(observation, Refused):
-            self.refused.set()
-        return Applied.TAKEN
-
-    def note_reachable(self, error: dict[str, Any] | None) -> None:
-        self.reachable.append(error)
-
-    def forget_discovered(self) -> None: ...
-
-    def holds(self, job_uuid: str) -> bool:
-        return True
+def feed_failing(failure: Exception, job_uuids: list[str]) -> ScriptedCluster:
+    """A cluster whose feed queries fail as told, and whose reads by uuid find these jobs running."""
+    jobs = {u: Job({"uuid": u, "state": "running"}) for u in job_uuids}
+    return ScriptedCluster(clock=time.time, query_failure=failure, jobs=jobs)
 
 
 async def run_until(scheduler: ClusterScheduler, done: Callable[[], bool]) -> None:
@@ -453,11 +397,12 @@ async def test_a_feed_query_refused_ends_every_watched_job_with_the_refusal() ->
     from structlog.testing import capture_logs
 
     error = {"message": "not authorized for that command", "code": "6"}
-    ontap = FeedOntap(OntapRefused("HTTP 401: not authorized for that command", error=error))
-    sink = RecordingSink()
+    watched = [str(uuid.UUID(int=n)) for n in (1, 2)]
+    refusal = OntapRefused("HTTP 401: not authorized for that command", error=error)
+    ontap = feed_failing(refusal, watched)
+    sink = ScriptedSink()
     policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
     scheduler = ClusterScheduler(ontap, sink, policy)
-    watched = [str(uuid.UUID(int=n)) for n in (1, 2)]
     with capture_logs() as logs:
         for job in watched:
             scheduler.want(job, fresh=True)
@@ -479,12 +424,13 @@ async def test_a_feed_query_failing_says_so_and_tells_the_dispatcher_the_cluster
     from structlog.testing import capture_logs
 
     error = {"message": "Cluster is busy", "code": "2"}
-    ontap = FeedOntap(OntapUnavailable("Cluster is busy", error=error))
-    sink = RecordingSink()
+    job = str(uuid.UUID(int=1))
+    ontap = feed_failing(OntapUnavailable("Cluster is busy", error=error), [job])
+    sink = ScriptedSink()
     policy = Policy(poll_interval_min_s=0.05, poll_interval_max_s=0.2)
     scheduler = ClusterScheduler(ontap, sink, policy)
     with capture_logs() as logs:
-        scheduler.want(str(uuid.UUID(int=1)), fresh=True)
+        scheduler.want(job, fresh=True)
         await run_until(scheduler, lambda: bool(sink.reachable))
     assert sink.reachable[0] == error
     said = [e for e in logs if e["event"] == "feed.call_failed"]
